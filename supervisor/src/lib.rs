@@ -1,0 +1,70 @@
+//! A prefork process supervisor for HTTP services: the master process, its workers, and the worker runtime
+//! that serves a hyper [`Service`] on the inherited listeners.
+//!
+//! This crate knows nothing of routes, JSON or databases. All `unsafe` code lives in the private `sys`
+//! module; everything else is safe Rust.
+#![deny(unsafe_code)]
+
+pub mod cpus;
+mod listen;
+pub mod logging;
+pub mod master;
+pub mod scoreboard;
+mod service;
+mod settings;
+mod sys;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use master::{Reloader, run};
+pub use service::{Body, BootError, BoxFuture, Request, Response, Service, WorkerApp};
+pub use settings::Settings;
+pub use worker::serve_in_process;
+
+/// Why the master could not start.
+#[derive(Debug)]
+pub enum MasterError {
+    /// An address could not be bound.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The shared scoreboard could not be mapped.
+    Scoreboard(std::io::Error),
+    /// Signal handlers or the wake-up pipe could not be set up.
+    Signals(std::io::Error),
+    /// The pidfile could not be written.
+    Pidfile {
+        /// Its path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The single-process runtime could not be built.
+    Runtime(std::io::Error),
+}
+
+impl std::fmt::Display for MasterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MasterError::Bind { addr, source } => write!(f, "cannot bind {addr}: {source}"),
+            MasterError::Scoreboard(e) => write!(f, "cannot map the scoreboard: {e}"),
+            MasterError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            MasterError::Pidfile { path, source } => write!(f, "cannot write pidfile {}: {source}", path.display()),
+            MasterError::Runtime(e) => write!(f, "cannot build the runtime: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for MasterError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MasterError::Bind { source, .. } | MasterError::Pidfile { source, .. } => Some(source),
+            MasterError::Scoreboard(e) | MasterError::Signals(e) | MasterError::Runtime(e) => Some(e),
+        }
+    }
+}

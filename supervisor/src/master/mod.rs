@@ -1,0 +1,266 @@
+//! The master process: a single-threaded loop that performs what [`state::State`] decides.
+//!
+//! One loop turn (cf. nginx and gunicorn): sleep in `poll` on the signal self-pipe and the workers' ready
+//! pipe, at most until the next deadline the state knows of (never more than 1 s); reap every exited child;
+//! handle the signals received, in arrival order per kind; then tick (read the scoreboard: readiness,
+//! heartbeats, boot and drain deadlines; restore the worker count). The master never starts a thread or a
+//! tokio runtime, so forking it is always sound.
+
+pub mod state;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::TcpListener;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+
+use self::state::{Action, Board, Event, ExitHow, Policy, Sig, State};
+use crate::scoreboard::{Scoreboard, SlotView};
+use crate::service::WorkerApp;
+use crate::worker::{self, WorkerStart};
+use crate::{MasterError, Settings, sys};
+
+/// Re-reads the configuration for a reload (HUP): the new settings and the application to run with them.
+/// Called in the master; it must not start threads or a runtime.
+pub type Reloader = Box<dyn FnMut() -> Result<(Settings, Arc<dyn WorkerApp>), String>>;
+
+impl Board for Scoreboard {
+    fn view(&self, slot: usize) -> SlotView {
+        self.slot(slot).view()
+    }
+}
+
+const MASTER_SIGNALS: [Signal; 9] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCHLD,
+];
+
+/// Runs the master until it stops, returning the process exit code (0 stopped, 3 no worker could boot).
+pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> Result<i32, MasterError> {
+    let listeners = crate::listen::bind_all(&settings.bind, settings.backlog)?;
+    let board = Scoreboard::new(2 * Settings::MAX_WORKERS).map_err(MasterError::Scoreboard)?;
+    let signals = sys::SignalPipe::install(&MASTER_SIGNALS).map_err(MasterError::Signals)?;
+    let (ready_read, ready_write) = sys::pipe().map_err(MasterError::Signals)?;
+    let pidfile = settings.pidfile.clone();
+    if let Some(path) = &pidfile {
+        write_pidfile(path).map_err(|source| MasterError::Pidfile { path: path.clone(), source })?;
+    }
+    tracing::info!(
+        pid = std::process::id(),
+        bind = ?settings.bind,
+        workers = settings.workers,
+        "master started"
+    );
+    let mut master = Master {
+        state: State::new(Policy::of(&settings), board.len()),
+        listeners,
+        board,
+        signals: Some(signals),
+        ready_read: Some(ready_read),
+        ready_write: Arc::new(ready_write),
+        generations: BTreeMap::from([(1, (Arc::new(settings), app))]),
+        reloader,
+        pid: std::process::id() as i32,
+    };
+    let code = master.run();
+    if let Some(path) = &pidfile {
+        remove_pidfile(path);
+    }
+    tracing::info!(code, "master exiting");
+    Ok(code)
+}
+
+struct Master {
+    /// The policy.
+    state: State,
+    /// The master's copies of the listening sockets, handed to every worker; closed when a stop begins.
+    listeners: Vec<TcpListener>,
+    board: Scoreboard,
+    /// Taken (uninstalled) in a forked child.
+    signals: Option<sys::SignalPipe>,
+    /// Workers poke this pipe when ready so the master notices at once; taken (closed) in a child.
+    ready_read: Option<OwnedFd>,
+    ready_write: Arc<OwnedFd>,
+    /// Settings and application of each live generation.
+    generations: BTreeMap<u64, (Arc<Settings>, Arc<dyn WorkerApp>)>,
+    reloader: Reloader,
+    pid: i32,
+}
+
+impl Master {
+    fn run(&mut self) -> i32 {
+        let mut events = VecDeque::from([Event::Tick]);
+        loop {
+            while let Some(event) = events.pop_front() {
+                let actions = self.state.handle(event, sys::monotonic_ns(), &self.board);
+                for action in actions {
+                    if let Some(code) = self.perform(action, &mut events) {
+                        return code;
+                    }
+                }
+            }
+            self.wait();
+            events.extend(self.reap());
+            events.extend(self.signals().into_iter().map(Event::Signal));
+            events.push_back(Event::Tick);
+        }
+    }
+
+    /// Sleeps until a signal, a worker's ready notice, or the next deadline.
+    fn wait(&mut self) {
+        let sleep_ns = self.state.sleep_for(sys::monotonic_ns(), &self.board);
+        let ms = sleep_ns.div_ceil(1_000_000).min(i32::MAX as u64) as i32;
+        let (Some(signals), Some(ready)) = (&self.signals, &self.ready_read) else { return };
+        let mut fds = [PollFd::new(signals.fd().as_fd(), PollFlags::POLLIN), PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(error) => tracing::error!(error = %error, "poll failed"),
+        }
+        sys::drain_fd(ready);
+    }
+
+    fn signals(&self) -> Vec<Sig> {
+        let Some(signals) = &self.signals else { return Vec::new() };
+        signals
+            .pending()
+            .into_iter()
+            .filter_map(|s| match s {
+                Signal::SIGTERM => Some(Sig::Term),
+                Signal::SIGINT => Some(Sig::Int),
+                Signal::SIGQUIT => Some(Sig::Quit),
+                Signal::SIGHUP => Some(Sig::Hup),
+                Signal::SIGTTIN => Some(Sig::Ttin),
+                Signal::SIGTTOU => Some(Sig::Ttou),
+                Signal::SIGUSR1 => Some(Sig::Usr1),
+                Signal::SIGUSR2 => Some(Sig::Usr2),
+                _ => None, // SIGCHLD only wakes the loop; reaping happens every turn.
+            })
+            .collect()
+    }
+
+    /// Reaps every exited child without blocking.
+    fn reap(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        loop {
+            match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => out.push(Event::Exited { pid: pid.as_raw(), how: ExitHow::Code(code) }),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    out.push(Event::Exited { pid: pid.as_raw(), how: ExitHow::Signal(sig as i32) })
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        for event in &out {
+            if let Event::Exited { pid, .. } = event
+                && let Some(slot) = (0..self.board.len()).find(|&s| self.board.slot(s).view().pid == *pid)
+            {
+                self.board.slot(slot).release();
+            }
+        }
+        out
+    }
+
+    /// Performs one action; returns the exit code when the master must stop.
+    fn perform(&mut self, action: Action, events: &mut VecDeque<Event>) -> Option<i32> {
+        match action {
+            Action::Spawn { slot, generation } => match self.spawn(slot, generation) {
+                Ok(pid) => events.push_back(Event::Spawned { slot, pid }),
+                Err(error) => {
+                    tracing::error!(slot, generation, error = %error, "fork failed");
+                    events.push_back(Event::SpawnFailed { slot });
+                }
+            },
+            Action::Kill { pid, signal } => {
+                if let Err(error) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+                    && error != nix::errno::Errno::ESRCH
+                {
+                    tracing::error!(pid, signal = ?signal, error = %error, "could not signal a worker");
+                }
+            }
+            Action::LoadConfig { generation } => {
+                let loaded = (self.reloader)().map(|(settings, app)| {
+                    let policy = Policy::of(&settings);
+                    self.generations.insert(generation, (Arc::new(settings), app));
+                    policy
+                });
+                events.push_back(Event::ConfigLoaded(loaded));
+            }
+            Action::DropGeneration(generation) => {
+                self.generations.remove(&generation);
+            }
+            Action::CloseListeners => self.listeners.clear(),
+            Action::Exit(code) => return Some(code),
+        }
+        None
+    }
+
+    /// Forks a worker into `slot`. In the child this never returns.
+    fn spawn(&mut self, slot: usize, generation: u64) -> std::io::Result<i32> {
+        let (settings, app) = self.generations.get(&generation).cloned().ok_or_else(|| std::io::Error::other("unknown generation"))?;
+        let listeners = self.listeners.iter().map(TcpListener::try_clone).collect::<std::io::Result<Vec<_>>>()?;
+        let board_slot = self.board.slot(slot);
+        board_slot.prepare(generation, sys::monotonic_ns());
+        // Block every signal across fork: the child must not run the master's handlers before it has
+        // replaced them, and it unblocks them once its own are registered.
+        let mask = sys::block_all_signals()?;
+        match sys::fork() {
+            Err(error) => {
+                let _ = sys::set_signal_mask(&mask);
+                Err(error)
+            }
+            Ok(sys::Forked::Parent(pid)) => {
+                let _ = sys::set_signal_mask(&mask);
+                board_slot.set_pid(pid);
+                Ok(pid)
+            }
+            Ok(sys::Forked::Child) => {
+                if let Some(signals) = self.signals.take() {
+                    signals.uninstall();
+                }
+                drop(self.ready_read.take());
+                // The child keeps only its own duplicates of the listeners, so that closing them on drain
+                // really stops it accepting.
+                self.listeners.clear();
+                let start = WorkerStart {
+                    slot: board_slot,
+                    generation,
+                    settings,
+                    listeners,
+                    app,
+                    master_pid: self.pid,
+                    ready_fd: Some(self.ready_write.clone()),
+                };
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(start))).unwrap_or_else(|_| {
+                    tracing::error!("worker panicked outside a request");
+                    70
+                });
+                std::process::exit(code);
+            }
+        }
+    }
+}
+
+fn write_pidfile(path: &PathBuf) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes the pidfile if it still names this process (a newer master may own it now).
+fn remove_pidfile(path: &PathBuf) {
+    if std::fs::read_to_string(path).is_ok_and(|s| s.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -1,0 +1,346 @@
+//! The scoreboard: one slot per worker in memory shared by the master and every worker (cf. Apache httpd).
+//!
+//! A worker writes its own slot (state, heartbeat, counters, in-flight requests); the master reads every slot
+//! on each loop turn and resets a slot before forking into it. Nothing here touches the disk, so a slow or
+//! full filesystem can never make a healthy worker look dead.
+//!
+//! Layout: each slot is `SLOT_WORDS` 64-bit atomic words. Strings (method, path, label of an in-flight
+//! request) are packed into words under a per-entry sequence lock, so a reader never sees a torn entry.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sys;
+
+/// Lifecycle state of a worker as written in its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// Slot unused.
+    Free,
+    /// Forked, initialising the application.
+    Booting,
+    /// Accepting and serving.
+    Ready,
+    /// Stopped accepting; finishing in-flight requests.
+    Draining,
+    /// Reached `max_requests`; asks the master for a replacement, still serving until told to drain.
+    Retiring,
+}
+
+impl SlotState {
+    fn from_word(w: u64) -> SlotState {
+        match w {
+            1 => SlotState::Booting,
+            2 => SlotState::Ready,
+            3 => SlotState::Draining,
+            4 => SlotState::Retiring,
+            _ => SlotState::Free,
+        }
+    }
+
+    fn word(self) -> u64 {
+        match self {
+            SlotState::Free => 0,
+            SlotState::Booting => 1,
+            SlotState::Ready => 2,
+            SlotState::Draining => 3,
+            SlotState::Retiring => 4,
+        }
+    }
+
+    /// Name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Free => "free",
+            SlotState::Booting => "booting",
+            SlotState::Ready => "ready",
+            SlotState::Draining => "draining",
+            SlotState::Retiring => "retiring",
+        }
+    }
+}
+
+// Slot header words.
+const PID: usize = 0;
+const GENERATION: usize = 1;
+const STATE: usize = 2;
+const HEARTBEAT: usize = 3;
+const REQUESTS: usize = 4;
+const IN_FLIGHT: usize = 5;
+const HEADER_WORDS: usize = 8;
+
+/// In-flight requests recorded per worker (more may be in flight; only the count is kept for those).
+pub const ENTRIES: usize = 4;
+const ENTRY_SEQ: usize = 0;
+const ENTRY_STARTED: usize = 1;
+const TEXT_WORDS: usize = 32;
+const ENTRY_WORDS: usize = 2 + TEXT_WORDS;
+const SLOT_WORDS: usize = HEADER_WORDS + ENTRIES * ENTRY_WORDS;
+
+const METHOD_MAX: usize = 16;
+const PATH_MAX: usize = 96;
+const LABEL_MAX: usize = TEXT_WORDS * 8 - METHOD_MAX - PATH_MAX - 2;
+
+/// The shared table of worker slots.
+#[derive(Clone, Copy)]
+pub struct Scoreboard {
+    words: &'static [AtomicU64],
+    slots: usize,
+}
+
+impl Scoreboard {
+    /// Maps a new scoreboard with `slots` free slots. Must be created before forking.
+    pub fn new(slots: usize) -> io::Result<Scoreboard> {
+        Ok(Scoreboard { words: sys::shared_words(slots * SLOT_WORDS)?, slots })
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.slots
+    }
+
+    /// Always false: a scoreboard has at least one slot.
+    pub fn is_empty(&self) -> bool {
+        self.slots == 0
+    }
+
+    /// The slot at `index`.
+    pub fn slot(&self, index: usize) -> Slot {
+        assert!(index < self.slots, "slot {index} out of range");
+        Slot { words: &self.words[index * SLOT_WORDS..(index + 1) * SLOT_WORDS], index }
+    }
+}
+
+/// One worker's slot.
+#[derive(Clone, Copy)]
+pub struct Slot {
+    words: &'static [AtomicU64],
+    index: usize,
+}
+
+/// A consistent-enough copy of a slot, as read by the master.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlotView {
+    /// Pid written by the worker (0 before it runs).
+    pub pid: i32,
+    /// Generation the slot was prepared for.
+    pub generation: u64,
+    /// Current state.
+    pub state: SlotState,
+    /// Last heartbeat, monotonic nanoseconds.
+    pub heartbeat_ns: u64,
+    /// Requests completed by this worker.
+    pub requests: u64,
+    /// Requests in flight right now.
+    pub in_flight: u64,
+    /// The recorded in-flight requests, oldest first.
+    pub requests_in_flight: Vec<InFlight>,
+}
+
+/// A request in flight, as recorded in the scoreboard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    /// Monotonic nanoseconds when the request started.
+    pub started_ns: u64,
+    /// HTTP method (truncated).
+    pub method: String,
+    /// Request path without the query (truncated).
+    pub path: String,
+    /// The application's label, typically the request id (truncated).
+    pub label: String,
+}
+
+impl Slot {
+    /// Index of this slot.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Master, before fork: prepare the slot for a new worker of `generation`, booting, stamped now.
+    pub fn prepare(&self, generation: u64, now_ns: u64) {
+        for w in self.words {
+            w.store(0, Ordering::Relaxed);
+        }
+        self.words[GENERATION].store(generation, Ordering::Relaxed);
+        self.words[HEARTBEAT].store(now_ns, Ordering::Relaxed);
+        self.words[STATE].store(SlotState::Booting.word(), Ordering::Release);
+    }
+
+    /// Master: mark the slot free after its worker was reaped.
+    pub fn release(&self) {
+        self.words[STATE].store(SlotState::Free.word(), Ordering::Release);
+        self.words[PID].store(0, Ordering::Release);
+    }
+
+    /// Worker or master: record the worker's pid.
+    pub fn set_pid(&self, pid: i32) {
+        self.words[PID].store(pid as u32 as u64, Ordering::Release);
+    }
+
+    /// Worker: change state.
+    pub fn set_state(&self, state: SlotState) {
+        self.words[STATE].store(state.word(), Ordering::Release);
+    }
+
+    /// Worker: current state.
+    pub fn state(&self) -> SlotState {
+        SlotState::from_word(self.words[STATE].load(Ordering::Acquire))
+    }
+
+    /// Worker: stamp the heartbeat.
+    pub fn heartbeat(&self, now_ns: u64) {
+        self.words[HEARTBEAT].store(now_ns, Ordering::Release);
+    }
+
+    /// Requests completed so far.
+    pub fn requests(&self) -> u64 {
+        self.words[REQUESTS].load(Ordering::Relaxed)
+    }
+
+    /// Worker: a request starts. The returned guard records its end when dropped (also on panic).
+    pub fn request_started(&self, method: &str, path: &str, label: &str, now_ns: u64) -> RequestGuard {
+        self.words[IN_FLIGHT].fetch_add(1, Ordering::Relaxed);
+        let entry = (0..ENTRIES).find(|&e| {
+            self.entry(e)[ENTRY_STARTED].compare_exchange(0, now_ns, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        });
+        if let Some(e) = entry {
+            let words = self.entry(e);
+            words[ENTRY_SEQ].fetch_add(1, Ordering::AcqRel);
+            let mut text = Vec::with_capacity(TEXT_WORDS * 8);
+            for (part, max) in [(method, METHOD_MAX), (path, PATH_MAX), (label, LABEL_MAX)] {
+                text.extend_from_slice(truncate(part, max).as_bytes());
+                text.push(0);
+            }
+            text.resize(TEXT_WORDS * 8, 0);
+            for (i, chunk) in text.chunks_exact(8).enumerate() {
+                words[2 + i].store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
+            }
+            words[ENTRY_SEQ].fetch_add(1, Ordering::Release);
+        }
+        RequestGuard { slot: *self, entry }
+    }
+
+    fn entry(&self, e: usize) -> &'static [AtomicU64] {
+        let start = HEADER_WORDS + e * ENTRY_WORDS;
+        &self.words[start..start + ENTRY_WORDS]
+    }
+
+    /// Master: read the slot.
+    pub fn view(&self) -> SlotView {
+        let mut requests_in_flight: Vec<InFlight> = (0..ENTRIES).filter_map(|e| self.read_entry(e)).collect();
+        requests_in_flight.sort_by_key(|r| r.started_ns);
+        SlotView {
+            pid: self.words[PID].load(Ordering::Acquire) as u32 as i32,
+            generation: self.words[GENERATION].load(Ordering::Relaxed),
+            state: SlotState::from_word(self.words[STATE].load(Ordering::Acquire)),
+            heartbeat_ns: self.words[HEARTBEAT].load(Ordering::Acquire),
+            requests: self.words[REQUESTS].load(Ordering::Relaxed),
+            in_flight: self.words[IN_FLIGHT].load(Ordering::Relaxed),
+            requests_in_flight,
+        }
+    }
+
+    fn read_entry(&self, e: usize) -> Option<InFlight> {
+        let words = self.entry(e);
+        let seq = words[ENTRY_SEQ].load(Ordering::Acquire);
+        let started_ns = words[ENTRY_STARTED].load(Ordering::Acquire);
+        if seq % 2 == 1 || started_ns == 0 {
+            return None;
+        }
+        let bytes: Vec<u8> = words[2..].iter().flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes()).collect();
+        std::sync::atomic::fence(Ordering::Acquire);
+        if words[ENTRY_SEQ].load(Ordering::Relaxed) != seq {
+            return None;
+        }
+        let mut parts = bytes.split(|&b| b == 0).map(|p| String::from_utf8_lossy(p).into_owned());
+        Some(InFlight {
+            started_ns,
+            method: parts.next().unwrap_or_default(),
+            path: parts.next().unwrap_or_default(),
+            label: parts.next().unwrap_or_default(),
+        })
+    }
+}
+
+/// Marks the end of a request in the scoreboard when dropped.
+pub struct RequestGuard {
+    slot: Slot,
+    entry: Option<usize>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if let Some(e) = self.entry {
+            self.slot.entry(e)[ENTRY_STARTED].store(0, Ordering::Release);
+        }
+        self.slot.words[IN_FLIGHT].fetch_sub(1, Ordering::Relaxed);
+        self.slot.words[REQUESTS].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, dropping NULs (the field separator).
+fn truncate(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars().filter(|&c| c != '\0') {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_records_state_heartbeat_and_in_flight_requests() {
+        let board = Scoreboard::new(2).unwrap();
+        let slot = board.slot(1);
+        slot.prepare(7, 100);
+        slot.set_pid(4242);
+        let view = slot.view();
+        assert_eq!((view.pid, view.generation, view.state, view.heartbeat_ns), (4242, 7, SlotState::Booting, 100));
+
+        slot.set_state(SlotState::Ready);
+        slot.heartbeat(200);
+        let a = slot.request_started("GET", "/debug/block", "req-1", 150);
+        let b = slot.request_started("POST", "/api/items", "req-2", 120);
+        let view = slot.view();
+        assert_eq!(view.state, SlotState::Ready);
+        assert_eq!(view.heartbeat_ns, 200);
+        assert_eq!(view.in_flight, 2);
+        let names: Vec<_> = view.requests_in_flight.iter().map(|r| (r.method.as_str(), r.label.as_str())).collect();
+        assert_eq!(names, [("POST", "req-2"), ("GET", "req-1")], "oldest first");
+        drop(a);
+        drop(b);
+        let view = slot.view();
+        assert_eq!((view.in_flight, view.requests, view.requests_in_flight.len()), (0, 2, 0));
+        assert_eq!(board.slot(0).view().state, SlotState::Free, "other slots untouched");
+    }
+
+    #[test]
+    fn more_requests_than_entries_are_counted_but_not_recorded() {
+        let board = Scoreboard::new(1).unwrap();
+        let slot = board.slot(0);
+        let guards: Vec<_> = (0..ENTRIES + 2).map(|i| slot.request_started("GET", "/", &i.to_string(), 1 + i as u64)).collect();
+        let view = slot.view();
+        assert_eq!(view.in_flight, (ENTRIES + 2) as u64);
+        assert_eq!(view.requests_in_flight.len(), ENTRIES);
+        drop(guards);
+        assert_eq!(slot.view().in_flight, 0);
+    }
+
+    #[test]
+    fn long_fields_are_truncated_on_char_boundaries() {
+        let board = Scoreboard::new(1).unwrap();
+        let slot = board.slot(0);
+        let path = "/é".repeat(100);
+        let label = "x".repeat(500);
+        let _g = slot.request_started("GET", &path, &label, 5);
+        let r = &slot.view().requests_in_flight[0];
+        assert!(r.path.len() <= PATH_MAX && r.path.starts_with("/é/é"));
+        assert_eq!(r.label.len(), LABEL_MAX);
+    }
+}

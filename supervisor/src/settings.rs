@@ -1,0 +1,68 @@
+//! The supervisor's settings, already resolved and validated by the caller.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the master and its workers need to know. Built by the binary from flags, environment and
+/// the config file; the supervisor never reads the environment itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Addresses to listen on. IPv6 addresses are bound IPv6-only so that `0.0.0.0:P` and `[::]:P` can coexist.
+    pub bind: Vec<SocketAddr>,
+    /// Listen backlog (capped by the kernel's `net.core.somaxconn`).
+    pub backlog: u32,
+    /// Number of workers to keep running.
+    pub workers: usize,
+    /// Tokio worker threads per worker; 1 selects the current-thread runtime.
+    pub threads: usize,
+    /// A ready worker whose heartbeat is older than this is killed and replaced.
+    pub timeout: Duration,
+    /// How long a graceful stop waits for in-flight requests before killing stragglers.
+    pub graceful_timeout: Duration,
+    /// Idle keep-alive timeout. Zero disables keep-alive (every response carries `Connection: close`).
+    pub keepalive: Duration,
+    /// A worker that is not ready this long after it was forked is killed.
+    pub boot_timeout: Duration,
+    /// Recycle a worker after this many requests (0 = never).
+    pub max_requests: u64,
+    /// Random extra requests in `[0, max_requests_jitter]` added per worker, so workers do not recycle together.
+    pub max_requests_jitter: u64,
+    /// Write the master's pid here while it runs.
+    pub pidfile: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Upper bound for `workers`; the scoreboard has room for two full generations of this many.
+    pub const MAX_WORKERS: usize = 128;
+
+    /// How long a new connection may take to send its request headers. With keep-alive on this is the
+    /// keep-alive timeout (hyper restarts the same timer when a connection goes idle); with keep-alive off
+    /// a fixed bound still protects against clients that never finish their headers.
+    pub fn header_timeout(&self) -> Duration {
+        if self.keepalive.is_zero() { Duration::from_secs(5) } else { self.keepalive }
+    }
+
+    /// How often a worker stamps its heartbeat: a quarter of `timeout`, at most once a second.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.timeout / 4).min(Duration::from_secs(1))
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind: vec![SocketAddr::from(([0, 0, 0, 0], 8000))],
+            backlog: 2048,
+            workers: 2,
+            threads: 1,
+            timeout: Duration::from_secs(60),
+            graceful_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(5),
+            boot_timeout: Duration::from_secs(30),
+            max_requests: 0,
+            max_requests_jitter: 0,
+            pidfile: None,
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The worker runtime: what runs in a worker process after fork (and in single-process mode).
+//!
+//! It builds the tokio runtime, registers the worker's signals, boots the application, stamps the
+//! heartbeat, and serves HTTP/1.1 on the inherited listeners with keep-alive and header timeouts. On SIGTERM
+//! it stops accepting (after taking what is already in the backlog), lets in-flight requests finish, closes
+//! idle keep-alive connections and exits 0; on SIGINT or SIGQUIT it exits at once.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use nix::sys::signal::Signal;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::scoreboard::{Slot, SlotState};
+use crate::service::{Request, Service, WorkerApp};
+use crate::{Settings, sys};
+
+/// Exit code of a worker whose application failed to boot.
+pub const EXIT_BOOT_FAILED: i32 = 3;
+/// Exit code of a worker that could not set itself up (runtime, signals).
+pub const EXIT_SETUP_FAILED: i32 = 4;
+
+/// Everything a worker needs, handed over by the master at fork.
+pub(crate) struct WorkerStart {
+    pub slot: Slot,
+    pub generation: u64,
+    pub settings: Arc<Settings>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub app: Arc<dyn WorkerApp>,
+    pub master_pid: i32,
+    /// Written to once the worker is ready, to wake the master.
+    pub ready_fd: Option<Arc<OwnedFd>>,
+}
+
+/// How a worker's serving ended.
+enum Stop {
+    Graceful,
+    Immediate,
+}
+
+/// Runs a forked worker to completion and returns its exit code. Signals are blocked on entry (the master
+/// blocks them around fork) and unblocked once the runtime's handlers are registered.
+pub(crate) fn run(start: WorkerStart) -> i32 {
+    crate::logging::set_worker_identity(start.slot.index(), start.generation);
+    start.slot.set_pid(std::process::id() as i32);
+    let setup = || -> std::io::Result<()> {
+        for sig in [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGWINCH] {
+            sys::set_plain_disposition(sig, true)?;
+        }
+        sys::set_plain_disposition(Signal::SIGCHLD, false)?;
+        sys::die_with_parent(start.master_pid)
+    };
+    if let Err(error) = setup() {
+        tracing::error!(error = %error, "worker setup failed");
+        return EXIT_SETUP_FAILED;
+    }
+    let runtime = match build_runtime(start.settings.threads) {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(error = %error, "worker could not build its runtime");
+            return EXIT_SETUP_FAILED;
+        }
+    };
+    let code = runtime.block_on(serve_worker(start));
+    // Connections still open after a drain belong to a client that ignored `Connection: close`; do not wait.
+    runtime.shutdown_background();
+    code
+}
+
+fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+}
+
+async fn serve_worker(start: WorkerStart) -> i32 {
+    let signals = match StopSignals::register() {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(error = %error, "worker could not register its signal handlers");
+            return EXIT_SETUP_FAILED;
+        }
+    };
+    if let Err(error) = sys::set_signal_mask(&nix::sys::signal::SigSet::empty()) {
+        tracing::error!(error = %error, "worker could not unblock signals");
+        return EXIT_SETUP_FAILED;
+    }
+    let slot = start.slot;
+    let master = start.master_pid;
+    tokio::spawn(heartbeat(slot, start.settings.heartbeat_interval(), Some(master)));
+
+    let service = match start.app.boot().await {
+        Ok(service) => service,
+        Err(error) => {
+            tracing::error!(error = %error, "worker failed to boot");
+            return EXIT_BOOT_FAILED;
+        }
+    };
+    let listeners = match adopt(start.listeners) {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(error = %error, "worker could not adopt the listeners");
+            return EXIT_SETUP_FAILED;
+        }
+    };
+    slot.set_state(SlotState::Ready);
+    if let Some(fd) = &start.ready_fd {
+        sys::poke_fd(fd.as_raw_fd());
+    }
+    tracing::info!(threads = start.settings.threads, "worker accepting connections");
+    let limit = request_limit(&start.settings);
+    match serve(listeners, service, slot, &start.settings, limit, signals).await {
+        Stop::Graceful => 0,
+        Stop::Immediate => {
+            tracing::info!("worker exiting at once");
+            0
+        }
+    }
+}
+
+/// Serves the application in this process, without a master: the listeners are bound here, and the process
+/// stops gracefully on SIGTERM and at once on SIGINT/SIGQUIT. Used for debugging and as a benchmark baseline.
+pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<i32, crate::MasterError> {
+    let listeners = crate::listen::bind_all(&settings.bind, settings.backlog)?;
+    let board = crate::scoreboard::Scoreboard::new(1).map_err(crate::MasterError::Scoreboard)?;
+    let slot = board.slot(0);
+    slot.prepare(0, sys::monotonic_ns());
+    slot.set_pid(std::process::id() as i32);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(crate::MasterError::Runtime)?;
+    let settings = settings.clone();
+    let code = runtime.block_on(async move {
+        let signals = match StopSignals::register() {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::error!(error = %error, "could not register signal handlers");
+                return EXIT_SETUP_FAILED;
+            }
+        };
+        let service = match app.boot().await {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::error!(error = %error, "application failed to boot");
+                return EXIT_BOOT_FAILED;
+            }
+        };
+        let listeners = match adopt(listeners) {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::error!(error = %error, "could not adopt the listeners");
+                return EXIT_SETUP_FAILED;
+            }
+        };
+        slot.set_state(SlotState::Ready);
+        tracing::info!(bind = ?settings.bind, threads = settings.threads, "serving in a single process");
+        serve(listeners, service, slot, &settings, 0, signals).await;
+        0
+    });
+    runtime.shutdown_background();
+    Ok(code)
+}
+
+fn adopt(listeners: Vec<std::net::TcpListener>) -> std::io::Result<Vec<TcpListener>> {
+    listeners
+        .into_iter()
+        .map(|l| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        })
+        .collect()
+}
+
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    async fn wait(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.term.recv() => Stop::Graceful,
+            _ = self.int.recv() => Stop::Immediate,
+            _ = self.quit.recv() => Stop::Immediate,
+        }
+    }
+}
+
+/// The per-worker request budget: `max_requests` plus a random share of the jitter, or 0 for no limit.
+fn request_limit(settings: &Settings) -> u64 {
+    if settings.max_requests == 0 {
+        return 0;
+    }
+    // Jitter only needs to differ between workers, not to be unpredictable.
+    let seed = sys::monotonic_ns() ^ (u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    settings.max_requests + seed % (settings.max_requests_jitter + 1)
+}
+
+/// Stamps the heartbeat until the runtime stops. When the master is gone (the parent changed), exits: the
+/// death signal requested at fork normally does this first.
+async fn heartbeat(slot: Slot, every: Duration, master: Option<i32>) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        slot.heartbeat(sys::monotonic_ns());
+        if let Some(master) = master
+            && nix::unistd::getppid().as_raw() != master
+        {
+            tracing::error!("master is gone: exiting");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Per-connection context shared by the accept loops.
+struct Conn {
+    service: Arc<dyn Service>,
+    slot: Slot,
+    builder: http1::Builder,
+    limit: u64,
+}
+
+async fn serve(
+    listeners: Vec<TcpListener>,
+    service: Arc<dyn Service>,
+    slot: Slot,
+    settings: &Settings,
+    limit: u64,
+    mut signals: StopSignals,
+) -> Stop {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout())
+        .keep_alive(!settings.keepalive.is_zero());
+    let conn = Arc::new(Conn { service, slot, builder, limit });
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(accept_loop(l, conn.clone(), graceful.clone(), stop_rx.clone())))
+        .collect();
+    let stop = signals.wait().await;
+    if let Stop::Immediate = stop {
+        return stop;
+    }
+    slot.set_state(SlotState::Draining);
+    tracing::info!(in_flight = slot.view().in_flight, "worker draining");
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    // The accept loops have returned and dropped their references.
+    let Ok(graceful) = Arc::try_unwrap(graceful) else { return Stop::Graceful };
+    // A second TERM, or INT/QUIT, while draining ends the wait.
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("worker drained"),
+        _ = signals.wait() => tracing::warn!("worker stopped before its connections drained"),
+    }
+    Stop::Graceful
+}
+
+async fn accept_loop(listener: TcpListener, conn: Arc<Conn>, graceful: Arc<GracefulShutdown>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => spawn_connection(stream, peer, &conn, &graceful),
+                Err(error) => accept_failed(error).await,
+            },
+        }
+    }
+    // Serve what the kernel already queued for us before letting go of the socket, so that a stop resets as
+    // few waiting clients as possible.
+    let Ok(listener) = listener.into_std() else { return };
+    while let Ok((stream, peer)) = listener.accept() {
+        if stream.set_nonblocking(true).is_ok()
+            && let Ok(stream) = tokio::net::TcpStream::from_std(stream)
+        {
+            spawn_connection(stream, peer, &conn, &graceful);
+        }
+    }
+}
+
+async fn accept_failed(error: std::io::Error) {
+    tracing::warn!(error = %error, "accept failed");
+    // Out of file descriptors or memory: give in-flight requests a moment to release some.
+    if matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<Conn>, graceful: &GracefulShutdown) {
+    let _ = stream.set_nodelay(true);
+    let ctx = conn.clone();
+    let service = hyper::service::service_fn(move |mut req: Request| {
+        let label = ctx.service.label(&mut req).unwrap_or_default();
+        let guard = ctx.slot.request_started(req.method().as_str(), req.uri().path(), &label, sys::monotonic_ns());
+        let response = ctx.service.call(req, peer);
+        let ctx = ctx.clone();
+        async move {
+            let response = response.await;
+            drop(guard);
+            if ctx.limit > 0 && ctx.slot.requests() >= ctx.limit && ctx.slot.state() == SlotState::Ready {
+                ctx.slot.set_state(SlotState::Retiring);
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = conn.builder.serve_connection(TokioIo::new(stream), service);
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(error = %error, peer = %peer, "connection ended with an error");
+        }
+    });
+}
