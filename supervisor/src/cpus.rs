@@ -43,7 +43,8 @@ fn affinity_cpus() -> Option<usize> {
 /// The CPU quota of the cgroup mounted at `root`, rounded up to whole CPUs.
 fn cgroup_quota(root: &Path) -> Option<(usize, CpuSource)> {
     if let Ok(text) = std::fs::read_to_string(root.join("cpu.max")) {
-        return parse_quota(text.split_whitespace().next()?, text.split_whitespace().nth(1)?).map(|n| (n, CpuSource::CgroupV2));
+        return parse_quota(text.split_whitespace().next()?, text.split_whitespace().nth(1)?)
+            .map(|n| (n, CpuSource::CgroupV2));
     }
     let quota = std::fs::read_to_string(root.join("cpu/cpu.cfs_quota_us")).ok()?;
     let period = std::fs::read_to_string(root.join("cpu/cpu.cfs_period_us")).ok()?;

@@ -13,6 +13,7 @@ pub mod scoreboard;
 mod service;
 mod settings;
 mod sys;
+pub mod systemd;
 mod worker;
 
 use std::net::SocketAddr;
@@ -46,6 +47,8 @@ pub enum MasterError {
     },
     /// The single-process runtime could not be built.
     Runtime(std::io::Error),
+    /// Listeners handed over by the service manager or a previous master are unusable.
+    Inherit(std::io::Error),
 }
 
 impl std::fmt::Display for MasterError {
@@ -56,15 +59,10 @@ impl std::fmt::Display for MasterError {
             MasterError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
             MasterError::Pidfile { path, source } => write!(f, "cannot write pidfile {}: {source}", path.display()),
             MasterError::Runtime(e) => write!(f, "cannot build the runtime: {e}"),
+            MasterError::Inherit(e) => write!(f, "cannot use the inherited listeners: {e}"),
         }
     }
 }
 
-impl std::error::Error for MasterError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            MasterError::Bind { source, .. } | MasterError::Pidfile { source, .. } => Some(source),
-            MasterError::Scoreboard(e) | MasterError::Signals(e) | MasterError::Runtime(e) => Some(e),
-        }
-    }
-}
+/// The cause is part of the `Display` text, so it is not repeated as a `source`.
+impl std::error::Error for MasterError {}

@@ -21,8 +21,5 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 
 /// Binds every address, or names the one that failed.
 pub fn bind_all(addrs: &[SocketAddr], backlog: u32) -> Result<Vec<TcpListener>, crate::MasterError> {
-    addrs
-        .iter()
-        .map(|&addr| bind(addr, backlog).map_err(|source| crate::MasterError::Bind { addr, source }))
-        .collect()
+    addrs.iter().map(|&addr| bind(addr, backlog).map_err(|source| crate::MasterError::Bind { addr, source })).collect()
 }

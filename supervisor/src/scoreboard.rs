@@ -324,7 +324,8 @@ mod tests {
     fn more_requests_than_entries_are_counted_but_not_recorded() {
         let board = Scoreboard::new(1).unwrap();
         let slot = board.slot(0);
-        let guards: Vec<_> = (0..ENTRIES + 2).map(|i| slot.request_started("GET", "/", &i.to_string(), 1 + i as u64)).collect();
+        let guards: Vec<_> =
+            (0..ENTRIES + 2).map(|i| slot.request_started("GET", "/", &i.to_string(), 1 + i as u64)).collect();
         let view = slot.view();
         assert_eq!(view.in_flight, (ENTRIES + 2) as u64);
         assert_eq!(view.requests_in_flight.len(), ENTRIES);

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the master and its workers need to know. Built by the binary from flags, environment and
-/// the config file; the supervisor never reads the environment itself.
+/// the config file; the supervisor itself reads only the service manager's variables (`LISTEN_*`,
+/// `NOTIFY_SOCKET`, `WATCHDOG_*`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// Addresses to listen on. IPv6 addresses are bound IPv6-only so that `0.0.0.0:P` and `[::]:P` can coexist.

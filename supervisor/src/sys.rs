@@ -6,7 +6,7 @@
 
 use std::io;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
@@ -14,7 +14,8 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
 /// Nanoseconds on `CLOCK_MONOTONIC`. The clock is system-wide, so stamps written by a worker can be compared
 /// with the master's reading.
 pub fn monotonic_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
+    let ts =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
@@ -175,4 +176,40 @@ impl SignalPipe {
         drop(self.read);
         drop(self.write);
     }
+}
+
+/// Takes ownership of an inherited listening socket fd (systemd socket activation or a binary upgrade),
+/// after checking that the fd is open and is a listening socket. Sets close-on-exec and non-blocking.
+pub fn inherited_listener(fd: RawFd) -> io::Result<std::net::TcpListener> {
+    if fd < 3 {
+        return Err(io::Error::other(format!("fd {fd} cannot be a listener")));
+    }
+    // SAFETY: the borrow lives only for the F_GETFD probe, which fails cleanly with EBADF on a closed fd.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD)
+        .map_err(|e| io::Error::other(format!("fd {fd}: {e}")))?;
+    // SAFETY: the fd is open (checked above) and the activation protocol hands it to this process to own;
+    // the caller takes each fd number once, and nothing else in the process refers to it.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let socket = socket2::Socket::from(owned);
+    if !socket.is_listener()? {
+        return Err(io::Error::other(format!("fd {fd} is not a listening socket")));
+    }
+    socket.set_cloexec(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Removes variables from the environment (the activation protocol's, so that children do not see them).
+pub fn remove_env(names: &[&str]) -> io::Result<()> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!("refusing to change the environment with {threads} threads")));
+    }
+    for name in names {
+        // SAFETY: the process is single-threaded (checked above), so no other thread can be reading the
+        // environment concurrently.
+        unsafe { std::env::remove_var(name) };
+    }
+    Ok(())
 }

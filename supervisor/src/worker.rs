@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -52,7 +53,9 @@ pub(crate) fn run(start: WorkerStart) -> i32 {
     crate::logging::set_worker_identity(start.slot.index(), start.generation);
     start.slot.set_pid(std::process::id() as i32);
     let setup = || -> std::io::Result<()> {
-        for sig in [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGWINCH] {
+        for sig in
+            [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGWINCH]
+        {
             sys::set_plain_disposition(sig, true)?;
         }
         sys::set_plain_disposition(Signal::SIGCHLD, false)?;
@@ -119,7 +122,7 @@ async fn serve_worker(start: WorkerStart) -> i32 {
     }
     tracing::info!(threads = start.settings.threads, "worker accepting connections");
     let limit = request_limit(&start.settings);
-    match serve(listeners, service, slot, &start.settings, limit, signals).await {
+    match serve(listeners, service, slot, &start.settings, limit, start.ready_fd.clone(), signals).await {
         Stop::Graceful => 0,
         Stop::Immediate => {
             tracing::info!("worker exiting at once");
@@ -166,7 +169,7 @@ pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<
         };
         slot.set_state(SlotState::Ready);
         tracing::info!(bind = ?settings.bind, threads = settings.threads, "serving in a single process");
-        serve(listeners, service, slot, &settings, 0, signals).await;
+        serve(listeners, service, slot, &settings, 0, None, signals).await;
         0
     });
     runtime.shutdown_background();
@@ -240,6 +243,36 @@ struct Conn {
     slot: Slot,
     builder: http1::Builder,
     limit: u64,
+    /// Set when the worker starts draining: every response from then on carries `Connection: close`.
+    draining: AtomicBool,
+    /// Stops the accept loops: `Some(true)` on drain (serve what is already queued first), `Some(false)`
+    /// at the request limit (the other workers take the queue).
+    stop_accepting: watch::Sender<Option<bool>>,
+    /// Wakes the master (a worker reached its request limit and needs a replacement).
+    master_pipe: Option<Arc<OwnedFd>>,
+}
+
+impl Conn {
+    /// Called after each request: at the request limit, stop taking new connections, close keep-alive
+    /// connections after their next response, and ask the master for a replacement. The master drains this
+    /// worker once the replacement is ready, so the limit is exact and no request is refused.
+    fn check_limit(&self) {
+        if self.limit > 0 && self.slot.requests() >= self.limit && self.slot.state() == SlotState::Ready {
+            self.slot.set_state(SlotState::Retiring);
+            self.draining.store(true, Ordering::Relaxed);
+            let _ = self.stop_accepting.send(Some(false));
+            tracing::info!(requests = self.slot.requests(), limit = self.limit, "worker reached max_requests");
+            if let Some(fd) = &self.master_pipe {
+                sys::poke_fd(fd.as_raw_fd());
+            }
+        }
+    }
+}
+
+/// How long a draining worker keeps idle connections open so that requests already on their way (and
+/// connections taken from the backlog) are still answered, with `Connection: close`, instead of reset.
+fn drain_linger(settings: &Settings) -> Duration {
+    settings.keepalive.min(Duration::from_secs(1))
 }
 
 async fn serve(
@@ -248,6 +281,7 @@ async fn serve(
     slot: Slot,
     settings: &Settings,
     limit: u64,
+    master_pipe: Option<Arc<OwnedFd>>,
     mut signals: StopSignals,
 ) -> Stop {
     let mut builder = http1::Builder::new();
@@ -255,9 +289,10 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout())
         .keep_alive(!settings.keepalive.is_zero());
-    let conn = Arc::new(Conn { service, slot, builder, limit });
+    let (stop_accepting, stop_rx) = watch::channel(None);
+    let conn =
+        Arc::new(Conn { service, slot, builder, limit, draining: AtomicBool::new(false), stop_accepting, master_pipe });
     let graceful = Arc::new(GracefulShutdown::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|l| tokio::spawn(accept_loop(l, conn.clone(), graceful.clone(), stop_rx.clone())))
@@ -267,22 +302,37 @@ async fn serve(
         return stop;
     }
     slot.set_state(SlotState::Draining);
+    conn.draining.store(true, Ordering::Relaxed);
     tracing::info!(in_flight = slot.view().in_flight, "worker draining");
-    let _ = stop_tx.send(true);
+    let _ = conn.stop_accepting.send(Some(true));
     for l in loops {
         let _ = l.await;
     }
     // The accept loops have returned and dropped their references.
     let Ok(graceful) = Arc::try_unwrap(graceful) else { return Stop::Graceful };
+    // Closing an idle keep-alive connection races with a request the client may be sending on it. Busy
+    // connections close themselves after their next response (`Connection: close`); only what stays idle
+    // through the linger is closed by the graceful shutdown.
+    let drained = async {
+        if graceful.count() > 0 {
+            tokio::time::sleep(drain_linger(settings)).await;
+        }
+        graceful.shutdown().await
+    };
     // A second TERM, or INT/QUIT, while draining ends the wait.
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("worker drained"),
+        _ = drained => tracing::info!("worker drained"),
         _ = signals.wait() => tracing::warn!("worker stopped before its connections drained"),
     }
     Stop::Graceful
 }
 
-async fn accept_loop(listener: TcpListener, conn: Arc<Conn>, graceful: Arc<GracefulShutdown>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    conn: Arc<Conn>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<Option<bool>>,
+) {
     loop {
         tokio::select! {
             biased;
@@ -293,8 +343,11 @@ async fn accept_loop(listener: TcpListener, conn: Arc<Conn>, graceful: Arc<Grace
             },
         }
     }
-    // Serve what the kernel already queued for us before letting go of the socket, so that a stop resets as
-    // few waiting clients as possible.
+    // On drain, serve what the kernel already queued before letting go of the socket, so that a stop resets
+    // as few waiting clients as possible.
+    if *stop.borrow() != Some(true) {
+        return;
+    }
     let Ok(listener) = listener.into_std() else { return };
     while let Ok((stream, peer)) = listener.accept() {
         if stream.set_nonblocking(true).is_ok()
@@ -322,11 +375,14 @@ fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<
         let response = ctx.service.call(req, peer);
         let ctx = ctx.clone();
         async move {
-            let response = response.await;
+            let mut response = response.await;
             drop(guard);
-            if ctx.limit > 0 && ctx.slot.requests() >= ctx.limit && ctx.slot.state() == SlotState::Ready {
-                ctx.slot.set_state(SlotState::Retiring);
+            if ctx.draining.load(Ordering::Relaxed) {
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
             }
+            ctx.check_limit();
             Ok::<_, Infallible>(response)
         }
     });

@@ -9,7 +9,7 @@
 pub mod state;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,11 +18,11 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 
-use self::state::{Action, Board, Event, ExitHow, Policy, Sig, State};
+use self::state::{Action, Board, Event, ExitHow, Phase, Policy, Sig, State};
 use crate::scoreboard::{Scoreboard, SlotView};
 use crate::service::WorkerApp;
 use crate::worker::{self, WorkerStart};
-use crate::{MasterError, Settings, sys};
+use crate::{MasterError, Settings, sys, systemd};
 
 /// Re-reads the configuration for a reload (HUP): the new settings and the application to run with them.
 /// Called in the master; it must not start threads or a runtime.
@@ -48,7 +48,16 @@ const MASTER_SIGNALS: [Signal; 9] = [
 
 /// Runs the master until it stops, returning the process exit code (0 stopped, 3 no worker could boot).
 pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> Result<i32, MasterError> {
-    let listeners = crate::listen::bind_all(&settings.bind, settings.backlog)?;
+    let activated = systemd::activated_listeners().map_err(MasterError::Inherit)?;
+    let inherited = activated.is_some();
+    let listeners = match activated {
+        Some(listeners) => {
+            let addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
+            tracing::info!(listeners = ?addrs, "using the listeners passed by socket activation; `bind` is ignored");
+            listeners
+        }
+        None => settings.bind.iter().copied().zip(crate::listen::bind_all(&settings.bind, settings.backlog)?).collect(),
+    };
     let board = Scoreboard::new(2 * Settings::MAX_WORKERS).map_err(MasterError::Scoreboard)?;
     let signals = sys::SignalPipe::install(&MASTER_SIGNALS).map_err(MasterError::Signals)?;
     let (ready_read, ready_write) = sys::pipe().map_err(MasterError::Signals)?;
@@ -64,14 +73,17 @@ pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> R
     );
     let mut master = Master {
         state: State::new(Policy::of(&settings), board.len()),
-        listeners,
         board,
         signals: Some(signals),
         ready_read: Some(ready_read),
         ready_write: Arc::new(ready_write),
-        generations: BTreeMap::from([(1, (Arc::new(settings), app))]),
+        generations: BTreeMap::from([(1, Generation { settings: Arc::new(settings), app, listeners })]),
         reloader,
         pid: std::process::id() as i32,
+        inherited,
+        notifier: systemd::Notifier::from_env(),
+        told: Told::default(),
+        next_watchdog: 0,
     };
     let code = master.run();
     if let Some(path) = &pidfile {
@@ -81,21 +93,46 @@ pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> R
     Ok(code)
 }
 
+/// What the workers of one generation run with.
+struct Generation {
+    settings: Arc<Settings>,
+    app: Arc<dyn WorkerApp>,
+    /// The master's copies of this generation's listening sockets, duplicated into each of its workers.
+    /// Dropped with the generation, or when a stop begins.
+    listeners: Vec<(SocketAddr, TcpListener)>,
+}
+
 struct Master {
     /// The policy.
     state: State,
-    /// The master's copies of the listening sockets, handed to every worker; closed when a stop begins.
-    listeners: Vec<TcpListener>,
     board: Scoreboard,
     /// Taken (uninstalled) in a forked child.
     signals: Option<sys::SignalPipe>,
     /// Workers poke this pipe when ready so the master notices at once; taken (closed) in a child.
     ready_read: Option<OwnedFd>,
     ready_write: Arc<OwnedFd>,
-    /// Settings and application of each live generation.
-    generations: BTreeMap<u64, (Arc<Settings>, Arc<dyn WorkerApp>)>,
+    /// Settings, application and listeners of each live generation.
+    generations: BTreeMap<u64, Generation>,
     reloader: Reloader,
     pid: i32,
+    /// The listeners came from the service manager: reloads keep them whatever `bind` says.
+    inherited: bool,
+    /// The service manager's notification socket, if any.
+    notifier: Option<systemd::Notifier>,
+    /// What the service manager was last told.
+    told: Told,
+    /// When the next watchdog keep-alive is due (monotonic ns).
+    next_watchdog: u64,
+}
+
+/// The last state reported to the service manager.
+#[derive(Default, PartialEq, Eq, Clone, Copy)]
+enum Told {
+    #[default]
+    Starting,
+    Ready,
+    Reloading,
+    Stopping,
 }
 
 impl Master {
@@ -110,6 +147,7 @@ impl Master {
                     }
                 }
             }
+            self.notify();
             self.wait();
             events.extend(self.reap());
             events.extend(self.signals().into_iter().map(Event::Signal));
@@ -117,12 +155,48 @@ impl Master {
         }
     }
 
+    /// Tells the service manager about state changes: READY once every worker of the serving generation
+    /// is ready, RELOADING during a reload, STOPPING on stop; and keeps its watchdog fed.
+    fn notify(&mut self) {
+        let Some(notifier) = &self.notifier else { return };
+        let now = sys::monotonic_ns();
+        let phase = self.state.phase();
+        let told = match phase {
+            Phase::Stopping { .. } | Phase::Quitting { .. } => Told::Stopping,
+            _ if self.state.reloading() => Told::Reloading,
+            _ if self.state.settled() => Told::Ready,
+            _ => self.told,
+        };
+        if told != self.told {
+            let workers = self.state.workers().len();
+            let generation = self.state.generation();
+            let message = match told {
+                Told::Ready => format!("READY=1\nSTATUS=serving: {workers} workers, generation {generation}"),
+                Told::Reloading => format!("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading", now / 1_000),
+                Told::Stopping => "STOPPING=1\nSTATUS=stopping".to_string(),
+                Told::Starting => String::new(),
+            };
+            notifier.notify(&message);
+            self.told = told;
+        }
+        if let Some(every) = notifier.watchdog_interval()
+            && now >= self.next_watchdog
+        {
+            notifier.notify("WATCHDOG=1");
+            self.next_watchdog = now + every.as_nanos() as u64;
+        }
+    }
+
     /// Sleeps until a signal, a worker's ready notice, or the next deadline.
     fn wait(&mut self) {
-        let sleep_ns = self.state.sleep_for(sys::monotonic_ns(), &self.board);
+        let mut sleep_ns = self.state.sleep_for(sys::monotonic_ns(), &self.board);
+        if self.notifier.as_ref().is_some_and(|n| n.watchdog_interval().is_some()) {
+            sleep_ns = sleep_ns.min(self.next_watchdog.saturating_sub(sys::monotonic_ns()));
+        }
         let ms = sleep_ns.div_ceil(1_000_000).min(i32::MAX as u64) as i32;
         let (Some(signals), Some(ready)) = (&self.signals, &self.ready_read) else { return };
-        let mut fds = [PollFd::new(signals.fd().as_fd(), PollFlags::POLLIN), PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+        let mut fds =
+            [PollFd::new(signals.fd().as_fd(), PollFlags::POLLIN), PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(error) => tracing::error!(error = %error, "poll failed"),
@@ -154,7 +228,9 @@ impl Master {
         let mut out = Vec::new();
         loop {
             match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => out.push(Event::Exited { pid: pid.as_raw(), how: ExitHow::Code(code) }),
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    out.push(Event::Exited { pid: pid.as_raw(), how: ExitHow::Code(code) })
+                }
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
                     out.push(Event::Exited { pid: pid.as_raw(), how: ExitHow::Signal(sig as i32) })
                 }
@@ -190,26 +266,54 @@ impl Master {
                 }
             }
             Action::LoadConfig { generation } => {
-                let loaded = (self.reloader)().map(|(settings, app)| {
+                let loaded = (self.reloader)().and_then(|(settings, app)| {
+                    let listeners = self.listeners_for(&settings)?;
                     let policy = Policy::of(&settings);
-                    self.generations.insert(generation, (Arc::new(settings), app));
-                    policy
+                    self.generations.insert(generation, Generation { settings: Arc::new(settings), app, listeners });
+                    Ok(policy)
                 });
                 events.push_back(Event::ConfigLoaded(loaded));
             }
             Action::DropGeneration(generation) => {
                 self.generations.remove(&generation);
             }
-            Action::CloseListeners => self.listeners.clear(),
+            Action::CloseListeners => {
+                for generation in self.generations.values_mut() {
+                    generation.listeners.clear();
+                }
+            }
             Action::Exit(code) => return Some(code),
         }
         None
     }
 
+    /// Listeners for a reloaded configuration: the serving generation's sockets where the address is
+    /// unchanged (binding it again would fail), new sockets for new addresses, opened before the switch.
+    fn listeners_for(&self, settings: &Settings) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
+        let current = &self.generations.get(&self.state.generation()).ok_or("no serving generation")?.listeners;
+        if self.inherited {
+            return current.iter().map(|(a, l)| l.try_clone().map(|l| (*a, l)).map_err(|e| e.to_string())).collect();
+        }
+        settings
+            .bind
+            .iter()
+            .map(|&addr| {
+                let listener = match current.iter().find(|(a, _)| *a == addr) {
+                    Some((_, l)) => l.try_clone().map_err(|e| format!("cannot reuse the socket of {addr}: {e}"))?,
+                    None => {
+                        crate::listen::bind(addr, settings.backlog).map_err(|e| format!("cannot bind {addr}: {e}"))?
+                    }
+                };
+                Ok((addr, listener))
+            })
+            .collect()
+    }
+
     /// Forks a worker into `slot`. In the child this never returns.
     fn spawn(&mut self, slot: usize, generation: u64) -> std::io::Result<i32> {
-        let (settings, app) = self.generations.get(&generation).cloned().ok_or_else(|| std::io::Error::other("unknown generation"))?;
-        let listeners = self.listeners.iter().map(TcpListener::try_clone).collect::<std::io::Result<Vec<_>>>()?;
+        let spec = self.generations.get(&generation).ok_or_else(|| std::io::Error::other("unknown generation"))?;
+        let (settings, app) = (spec.settings.clone(), spec.app.clone());
+        let listeners = spec.listeners.iter().map(|(_, l)| l.try_clone()).collect::<std::io::Result<Vec<_>>>()?;
         let board_slot = self.board.slot(slot);
         board_slot.prepare(generation, sys::monotonic_ns());
         // Block every signal across fork: the child must not run the master's handlers before it has
@@ -230,9 +334,9 @@ impl Master {
                     signals.uninstall();
                 }
                 drop(self.ready_read.take());
-                // The child keeps only its own duplicates of the listeners, so that closing them on drain
-                // really stops it accepting.
-                self.listeners.clear();
+                // The child keeps only its own duplicates of its generation's listeners, so that closing
+                // them on drain really stops it accepting.
+                self.generations.clear();
                 let start = WorkerStart {
                     slot: board_slot,
                     generation,
@@ -242,10 +346,11 @@ impl Master {
                     master_pid: self.pid,
                     ready_fd: Some(self.ready_write.clone()),
                 };
-                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(start))).unwrap_or_else(|_| {
-                    tracing::error!("worker panicked outside a request");
-                    70
-                });
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(start)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("worker panicked outside a request");
+                        70
+                    });
                 std::process::exit(code);
             }
         }

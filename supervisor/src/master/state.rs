@@ -334,6 +334,11 @@ impl State {
                 >= self.desired
     }
 
+    /// Whether a reload is in progress.
+    pub fn reloading(&self) -> bool {
+        self.reload.is_some()
+    }
+
     /// Handles one event.
     pub fn handle(&mut self, event: Event, now: Nanos, board: &dyn Board) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -428,7 +433,10 @@ impl State {
             }
             (Sig::Hup, Phase::Running) => {
                 if self.reload.is_some() {
-                    tracing::info!(generation = self.reload.map(|r| r.generation), "reload already in progress: another will follow");
+                    tracing::info!(
+                        generation = self.reload.map(|r| r.generation),
+                        "reload already in progress: another will follow"
+                    );
                     self.reload_again = true;
                 } else {
                     self.start_reload(actions);
@@ -455,7 +463,11 @@ impl State {
                 self.reload = None;
             }
             Ok(policy) => {
-                tracing::info!(generation = reload.generation, workers = policy.workers, "reload: booting the new generation");
+                tracing::info!(
+                    generation = reload.generation,
+                    workers = policy.workers,
+                    "reload: booting the new generation"
+                );
                 self.policies.insert(reload.generation, policy);
                 self.reload = Some(Reload { generation: reload.generation, deadline: Some(now + policy.boot_timeout) });
             }
@@ -498,7 +510,12 @@ impl State {
                 break;
             }
             if w.active() {
-                tracing::info!(pid = w.pid, slot = w.slot, generation = w.generation, "worker retiring: scale down");
+                tracing::info!(
+                    worker_pid = w.pid,
+                    slot = w.slot,
+                    generation = w.generation,
+                    "worker retiring: scale down"
+                );
                 w.retire = Some((RetireReason::Scale, now + graceful));
                 actions.push(Action::Kill { pid: w.pid, signal: Signal::SIGTERM });
                 surplus -= 1;
@@ -522,7 +539,7 @@ impl State {
     fn on_spawned(&mut self, slot: usize, pid: i32) {
         if let Some(i) = self.pending.iter().position(|p| p.0 == slot) {
             let (slot, generation, spawned) = self.pending.remove(i);
-            tracing::info!(pid, slot, generation, "worker spawned");
+            tracing::info!(worker_pid = pid, slot, generation, "worker spawned");
             self.workers.push(Worker {
                 pid,
                 slot,
@@ -543,13 +560,17 @@ impl State {
         let delay = backoff(self.failures);
         self.next_spawn = now + delay;
         if delay > 0 {
-            tracing::warn!(failures = self.failures, backoff_ms = delay / MS, "workers keep dying early: backing off before the next spawn");
+            tracing::warn!(
+                failures = self.failures,
+                backoff_ms = delay / MS,
+                "workers keep dying early: backing off before the next spawn"
+            );
         }
     }
 
     fn on_exit(&mut self, pid: i32, how: ExitHow, now: Nanos, actions: &mut Vec<Action>) {
         let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
-            tracing::debug!(pid, "reaped a process that was not a worker");
+            tracing::debug!(worker_pid = pid, "reaped a process that was not a worker");
             return;
         };
         let w = self.workers.remove(i);
@@ -561,13 +582,28 @@ impl State {
         let early = w.ready.is_none_or(|r| now - r < MIN_UPTIME);
         match (w.kill, w.retire) {
             (Some(reason), _) => {
-                tracing::warn!(pid, slot = w.slot, generation = w.generation, reason = reason.as_str(), code, signal, "worker killed by the supervisor")
+                tracing::warn!(
+                    worker_pid = pid,
+                    slot = w.slot,
+                    generation = w.generation,
+                    reason = reason.as_str(),
+                    code,
+                    signal,
+                    "worker killed by the supervisor"
+                )
             }
             (None, Some((reason, _))) if how == ExitHow::Code(0) => {
-                tracing::info!(pid, slot = w.slot, generation = w.generation, reason = reason.as_str(), uptime_ms, "worker exited after draining")
+                tracing::info!(
+                    worker_pid = pid,
+                    slot = w.slot,
+                    generation = w.generation,
+                    reason = reason.as_str(),
+                    uptime_ms,
+                    "worker exited after draining"
+                )
             }
             (None, _) if how == ExitHow::Signal(Signal::SIGKILL as i32) => tracing::error!(
-                pid,
+                worker_pid = pid,
                 slot = w.slot,
                 generation = w.generation,
                 uptime_ms,
@@ -575,12 +611,30 @@ impl State {
                 "worker killed by SIGKILL not sent by the supervisor (possibly the kernel OOM killer)"
             ),
             (None, None) if w.ready.is_none() => {
-                tracing::error!(pid, slot = w.slot, generation = w.generation, code, signal, reason = "boot_failed", "worker failed to boot")
+                tracing::error!(
+                    worker_pid = pid,
+                    slot = w.slot,
+                    generation = w.generation,
+                    code,
+                    signal,
+                    reason = "boot_failed",
+                    "worker failed to boot"
+                )
             }
-            _ => tracing::error!(pid, slot = w.slot, generation = w.generation, code, signal, uptime_ms, reason = "crash", "worker exited unexpectedly"),
+            _ => tracing::error!(
+                worker_pid = pid,
+                slot = w.slot,
+                generation = w.generation,
+                code,
+                signal,
+                uptime_ms,
+                reason = "crash",
+                "worker exited unexpectedly"
+            ),
         }
         // Deaths the supervisor did not ask for, and timeouts, feed the crash-loop backoff when early.
-        let asked = w.retire.is_some() || matches!(w.kill, Some(KillReason::Quit | KillReason::DrainDeadline | KillReason::ReloadAborted));
+        let asked = w.retire.is_some()
+            || matches!(w.kill, Some(KillReason::Quit | KillReason::DrainDeadline | KillReason::ReloadAborted));
         if !asked && matches!(self.phase, Phase::Running | Phase::Starting) {
             if early {
                 self.note_failure(now);
@@ -626,7 +680,10 @@ impl State {
                 } else if self.workers.is_empty() && self.pending.is_empty() {
                     // Workers that fail during startup are not replaced: the failure is most likely
                     // deterministic (configuration, code), and an operator is watching.
-                    tracing::error!(code = EXIT_NO_WORKER, "no worker could boot: stopping (see the worker's error above)");
+                    tracing::error!(
+                        code = EXIT_NO_WORKER,
+                        "no worker could boot: stopping (see the worker's error above)"
+                    );
                     actions.push(Action::Exit(EXIT_NO_WORKER));
                 }
             }
@@ -640,7 +697,10 @@ impl State {
                     }
                 }
                 if self.failures > 0
-                    && self.workers.iter().any(|w| w.spawned > self.last_failure && w.ready.is_some_and(|r| now - r >= MIN_UPTIME))
+                    && self
+                        .workers
+                        .iter()
+                        .any(|w| w.spawned > self.last_failure && w.ready.is_some_and(|r| now - r >= MIN_UPTIME))
                 {
                     self.failures = 0;
                 }
@@ -688,15 +748,33 @@ impl State {
             if w.ready.is_none() && own && matches!(view.state, SlotState::Ready | SlotState::Retiring) {
                 w.ready = Some(now);
                 self.ever_ready = true;
-                tracing::info!(pid = w.pid, slot = w.slot, generation = w.generation, boot_ms = (now - w.spawned) / MS, "worker ready");
+                tracing::info!(
+                    worker_pid = w.pid,
+                    slot = w.slot,
+                    generation = w.generation,
+                    boot_ms = (now - w.spawned) / MS,
+                    "worker ready"
+                );
             }
             if own && view.state == SlotState::Retiring && !w.wants_replacement && w.retire.is_none() {
                 w.wants_replacement = true;
-                tracing::info!(pid = w.pid, slot = w.slot, requests = view.requests, "worker reached max_requests: asks for a replacement");
+                tracing::info!(
+                    worker_pid = w.pid,
+                    slot = w.slot,
+                    requests = view.requests,
+                    "worker reached max_requests: asks for a replacement"
+                );
             }
             match w.ready {
                 None if now.saturating_sub(w.spawned) > policy.boot_timeout => {
-                    tracing::error!(pid = w.pid, slot = w.slot, generation = w.generation, boot_timeout_ms = policy.boot_timeout / MS, reason = "boot_timeout", "worker not ready within boot_timeout: killing it");
+                    tracing::error!(
+                        worker_pid = w.pid,
+                        slot = w.slot,
+                        generation = w.generation,
+                        boot_timeout_ms = policy.boot_timeout / MS,
+                        reason = "boot_timeout",
+                        "worker not ready within boot_timeout: killing it"
+                    );
                     w.kill = Some(KillReason::BootTimeout);
                     actions.push(Action::Kill { pid: w.pid, signal: Signal::SIGKILL });
                 }
@@ -728,15 +806,27 @@ impl State {
         for _ in spawned..policy.workers {
             self.spawn(generation, now, actions);
         }
-        let ready = self.workers.iter().filter(|w| w.generation == generation && w.ready.is_some() && w.active()).count();
+        let ready =
+            self.workers.iter().filter(|w| w.generation == generation && w.ready.is_some() && w.active()).count();
         if ready >= policy.workers {
             let old = self.current;
-            tracing::info!(generation, previous = old, workers = policy.workers, "reload complete: new generation ready, retiring the previous one");
+            tracing::info!(
+                generation,
+                previous = old,
+                workers = policy.workers,
+                "reload complete: new generation ready, retiring the previous one"
+            );
             self.current = generation;
             self.desired = policy.workers;
             self.reload = None;
             for w in &mut self.workers {
                 if w.generation != generation && w.active() {
+                    tracing::info!(
+                        worker_pid = w.pid,
+                        slot = w.slot,
+                        generation = w.generation,
+                        "worker retiring: replaced by a new generation"
+                    );
                     let graceful = policies_graceful(&self.policies, w.generation, policy);
                     w.retire = Some((RetireReason::Reload, now + graceful));
                     actions.push(Action::Kill { pid: w.pid, signal: Signal::SIGTERM });
@@ -759,14 +849,20 @@ impl State {
             return;
         }
         // Finish a replacement whose new worker is ready.
-        let ready_slots: Vec<usize> = self.workers.iter().filter(|w| w.ready.is_some() && w.active()).map(|w| w.slot).collect();
+        let ready_slots: Vec<usize> =
+            self.workers.iter().filter(|w| w.ready.is_some() && w.active()).map(|w| w.slot).collect();
         let graceful = self.policy(self.current).graceful_timeout;
         for w in &mut self.workers {
             if let Some(slot) = w.replaced_by
                 && ready_slots.contains(&slot)
                 && w.active()
             {
-                tracing::info!(pid = w.pid, slot = w.slot, replacement_slot = slot, "worker retiring: its replacement is ready");
+                tracing::info!(
+                    worker_pid = w.pid,
+                    slot = w.slot,
+                    replacement_slot = slot,
+                    "worker retiring: its replacement is ready"
+                );
                 w.retire = Some((RetireReason::MaxRequests, now + graceful));
                 w.replaced_by = None;
                 actions.push(Action::Kill { pid: w.pid, signal: Signal::SIGTERM });
@@ -776,10 +872,10 @@ impl State {
             return;
         }
         let current = self.current;
-        if let Some(i) = self.workers.iter().position(|w| w.generation == current && w.wants_replacement && w.active()) {
-            if let Some(slot) = self.spawn(current, now, actions) {
-                self.workers[i].replaced_by = Some(slot);
-            }
+        if let Some(i) = self.workers.iter().position(|w| w.generation == current && w.wants_replacement && w.active())
+            && let Some(slot) = self.spawn(current, now, actions)
+        {
+            self.workers[i].replaced_by = Some(slot);
         }
     }
 
@@ -819,7 +915,7 @@ fn describe(requests: &[InFlight], now: Nanos) -> String {
 fn log_timeout(w: &Worker, view: &SlotView, now: Nanos, timeout: Nanos) {
     let oldest = view.requests_in_flight.first();
     tracing::error!(
-        pid = w.pid,
+        worker_pid = w.pid,
         slot = w.slot,
         generation = w.generation,
         reason = "timeout",
@@ -837,7 +933,7 @@ fn log_timeout(w: &Worker, view: &SlotView, now: Nanos, timeout: Nanos) {
 
 fn log_straggler(w: &Worker, view: &SlotView, now: Nanos) {
     tracing::warn!(
-        pid = w.pid,
+        worker_pid = w.pid,
         slot = w.slot,
         generation = w.generation,
         in_flight = view.in_flight,
@@ -861,7 +957,15 @@ mod tests {
         fn set(&self, slot: usize, pid: i32, state: SlotState, heartbeat_ns: Nanos) {
             self.0.borrow_mut().insert(
                 slot,
-                SlotView { pid, generation: 0, state, heartbeat_ns, requests: 0, in_flight: 0, requests_in_flight: vec![] },
+                SlotView {
+                    pid,
+                    generation: 0,
+                    state,
+                    heartbeat_ns,
+                    requests: 0,
+                    in_flight: 0,
+                    requests_in_flight: vec![],
+                },
             );
         }
     }
@@ -955,7 +1059,10 @@ mod tests {
     }
 
     fn kills(actions: &[Action]) -> Vec<(i32, Signal)> {
-        actions.iter().filter_map(|a| if let Action::Kill { pid, signal } = a { Some((*pid, *signal)) } else { None }).collect()
+        actions
+            .iter()
+            .filter_map(|a| if let Action::Kill { pid, signal } = a { Some((*pid, *signal)) } else { None })
+            .collect()
     }
 
     #[test]
