@@ -1,0 +1,223 @@
+//! The error contract (SPEC section 6): every 4xx/5xx the app produces is one [`ApiError`], rendered as
+//! `{"code", "message", "request_id", "details"}` with `Content-Type: application/json`.
+//!
+//! An `ApiError` carries only what the client may see. Causes (database errors, panic payloads) are logged
+//! where they happen, inside the request span, so the log line carries the same request id as the response.
+
+use hyper::StatusCode;
+use hyper::header::{ALLOW, HeaderValue};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::http::json_response;
+use supervisor::Response;
+
+/// The stable, machine-readable error codes and their HTTP statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationError,
+    RateLimited,
+    InternalError,
+    NotReady,
+    Timeout,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::ValidationError => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::ValidationError => "validation_error",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InternalError => "internal_error",
+            ErrorCode::NotReady => "not_ready",
+            ErrorCode::Timeout => "timeout",
+        }
+    }
+}
+
+/// One invalid field of a request, reported in a 422's `details.fields`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+/// An error answer: status and code, a human message, optional details, and for 405 the `Allow` header.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+    details: Option<Value>,
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), details: None, allow: None }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::BadRequest, message)
+    }
+
+    pub fn not_found() -> Self {
+        ApiError::new(ErrorCode::NotFound, "no such resource")
+    }
+
+    /// `allow` is the value of the `Allow` header, e.g. `"GET, HEAD"`.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut e = ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed for this resource")
+            .with_details(json!({ "allow": allow }));
+        e.allow = Some(allow);
+        e
+    }
+
+    pub fn payload_too_large(limit_bytes: usize) -> Self {
+        ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is larger than {limit_bytes} bytes"))
+            .with_details(json!({ "limit_bytes": limit_bytes }))
+    }
+
+    pub fn unsupported_media_type(expected: &str) -> Self {
+        ApiError::new(ErrorCode::UnsupportedMediaType, format!("request body must be {expected}"))
+            .with_details(json!({ "expected": expected }))
+    }
+
+    pub fn validation(fields: Vec<FieldError>) -> Self {
+        ApiError::new(ErrorCode::ValidationError, "request is invalid").with_details(json!({ "fields": fields }))
+    }
+
+    pub fn rate_limited() -> Self {
+        ApiError::new(ErrorCode::RateLimited, "too many requests")
+    }
+
+    /// The message never says why: the cause must already have been logged.
+    pub fn internal() -> Self {
+        ApiError::new(ErrorCode::InternalError, "internal server error")
+    }
+
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::NotReady, message)
+    }
+
+    pub fn timeout() -> Self {
+        ApiError::new(ErrorCode::Timeout, "request took too long")
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn details(&self) -> Option<&Value> {
+        self.details.as_ref()
+    }
+
+    /// The response, without `X-Request-ID` (the service adds it to every response).
+    pub fn to_response(&self, request_id: &str) -> Response {
+        let body = json!({
+            "code": self.code.as_str(),
+            "message": self.message,
+            "request_id": request_id,
+            "details": self.details,
+        });
+        let mut response = json_response(self.code.status(), &body);
+        if let Some(allow) = self.allow {
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn body_json(response: Response) -> Value {
+        let bytes = futures_block_on(response.into_body().collect()).unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn every_code_has_its_status() {
+        let cases = [
+            (ErrorCode::BadRequest, 400, "bad_request"),
+            (ErrorCode::NotFound, 404, "not_found"),
+            (ErrorCode::MethodNotAllowed, 405, "method_not_allowed"),
+            (ErrorCode::PayloadTooLarge, 413, "payload_too_large"),
+            (ErrorCode::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (ErrorCode::ValidationError, 422, "validation_error"),
+            (ErrorCode::RateLimited, 429, "rate_limited"),
+            (ErrorCode::InternalError, 500, "internal_error"),
+            (ErrorCode::NotReady, 503, "not_ready"),
+            (ErrorCode::Timeout, 504, "timeout"),
+        ];
+        for (code, status, name) in cases {
+            assert_eq!(code.status().as_u16(), status);
+            assert_eq!(code.as_str(), name);
+        }
+    }
+
+    #[test]
+    fn renders_the_contract() {
+        let response = ApiError::validation(vec![FieldError::new("name", "must not be empty")]).to_response("r-1");
+        assert_eq!(response.status(), 422);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(
+            body_json(response),
+            json!({
+                "code": "validation_error",
+                "message": "request is invalid",
+                "request_id": "r-1",
+                "details": {"fields": [{"field": "name", "message": "must not be empty"}]},
+            })
+        );
+
+        let response = ApiError::method_not_allowed("GET, HEAD").to_response("r-2");
+        assert_eq!(response.headers()["allow"], "GET, HEAD");
+        let response = ApiError::internal().to_response("r-3");
+        assert_eq!(body_json(response)["details"], Value::Null);
+    }
+}

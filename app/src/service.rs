@@ -1,0 +1,283 @@
+//! The request pipeline around every handler, in order:
+//!
+//! 1. `label`: assign the request id (kept in the request's extensions; the supervisor records it in the
+//!    scoreboard so a hung request can be named).
+//! 2. `call`: open the `request` span carrying the id; answer CORS preflights; route; run the handler under
+//!    the per-request deadline (504) with panics caught (500); render errors in the contract.
+//! 3. On the way out: `X-Request-ID` and CORS headers on every response, then one `access` log line.
+
+use std::any::Any;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use hyper::Method;
+use hyper::body::Body as _;
+use hyper::header::{HeaderMap, HeaderValue, ORIGIN, USER_AGENT};
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::cors::Cors;
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::readiness::Readiness;
+use crate::request_id::{self, RequestId};
+use crate::routes::{self, Route};
+use supervisor::{BootError, BoxFuture, Request, Response, Service, WorkerApp};
+
+/// The application as the binary hands it to the supervisor. Holds only configuration: everything that
+/// touches tokio or the network is built in [`WorkerApp::boot`], inside each worker.
+pub struct App {
+    config: Config,
+}
+
+impl App {
+    pub fn new(config: Config) -> App {
+        App { config }
+    }
+}
+
+impl WorkerApp for App {
+    fn boot(&self) -> BoxFuture<Result<Arc<dyn Service>, BootError>> {
+        let config = self.config.clone();
+        Box::pin(async move {
+            if !config.debug_boot_delay.is_zero() {
+                tracing::info!(
+                    delay_ms = config.debug_boot_delay.as_millis() as u64,
+                    "boot delayed (debug_boot_delay)"
+                );
+                tokio::time::sleep(config.debug_boot_delay).await;
+            }
+            if let Some(path) = &config.debug_fail_boot_file
+                && path.exists()
+            {
+                return Err(BootError(format!("boot refused: debug_fail_boot_file {} exists", path.display())));
+            }
+            let db = Db::new(&config.database).map_err(BootError)?;
+            tracing::info!(
+                database = db.configured(),
+                pool_size = config.database.pool_size,
+                env = %config.env,
+                "app booted"
+            );
+            let state = State {
+                cors: Cors::new(&config.cors_origins, config.cors_allow_credentials),
+                readiness: Readiness::new(db.clone(), config.database.readiness_timeout),
+                db,
+                config,
+            };
+            Ok(Arc::new(AppService { state: Arc::new(state) }) as Arc<dyn Service>)
+        })
+    }
+}
+
+/// What the handlers share within one worker.
+pub(crate) struct State {
+    pub(crate) config: Config,
+    pub(crate) cors: Cors,
+    pub(crate) db: Db,
+    pub(crate) readiness: Readiness,
+}
+
+struct AppService {
+    state: Arc<State>,
+}
+
+impl Service for AppService {
+    fn label(&self, req: &mut Request) -> Option<String> {
+        let id = RequestId::from_headers(req.headers());
+        let label = id.as_str().to_owned();
+        req.extensions_mut().insert(id);
+        Some(label)
+    }
+
+    fn call(&self, mut req: Request, peer: SocketAddr) -> BoxFuture<Response> {
+        let id = req.extensions_mut().remove::<RequestId>().unwrap_or_else(|| RequestId::from_headers(req.headers()));
+        Box::pin(handle(self.state.clone(), req, peer, id))
+    }
+}
+
+async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let origin = req.headers().get(ORIGIN).cloned();
+    let user_agent = req.headers().get(USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let client = client_addr(peer.ip(), req.headers(), &state.config.forwarded_allow_ips);
+    let route = Route::resolve(&path, routes::debug_enabled(&state));
+    let template = route.as_ref().map_or(routes::UNMATCHED, Route::template);
+
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = respond(&state, req, route, &id).instrument(span).await;
+
+    let headers = response.headers_mut();
+    headers.insert(request_id::HEADER, HeaderValue::from_str(id.as_str()).expect("request ids are header-safe"));
+    state.cors.apply(origin.as_ref(), headers);
+
+    if state.config.access_log {
+        let bytes = if method == Method::HEAD { 0 } else { response.body().size_hint().exact().unwrap_or(0) };
+        let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        tracing::info!(
+            target: "access",
+            method = %method,
+            path = %path,
+            route = template,
+            status = response.status().as_u16(),
+            duration_ms,
+            bytes,
+            request_id = %id,
+            client = %client,
+            user_agent = user_agent.as_deref().unwrap_or(""),
+            "request"
+        );
+    }
+    response
+}
+
+/// Everything that runs inside the request span.
+async fn respond(state: &State, req: Request, route: Option<Route>, id: &RequestId) -> Response {
+    if Cors::is_preflight(req.method(), req.headers()) {
+        return state.cors.preflight(req.headers());
+    }
+    let Some(route) = route else {
+        return ApiError::not_found().to_response(id.as_str());
+    };
+    let deadline = state.config.request_timeout;
+    let outcome = tokio::time::timeout(deadline, CatchUnwind::new(routes::dispatch(state, route, req))).await;
+    let error = match outcome {
+        Ok(Ok(Ok(response))) => return response,
+        Ok(Ok(Err(error))) => error,
+        Ok(Err(panic)) => {
+            tracing::error!(panic = panic_message(panic.as_ref()), "handler panicked");
+            ApiError::internal()
+        }
+        Err(_) => {
+            tracing::warn!(timeout_ms = deadline.as_millis() as u64, "request deadline exceeded");
+            ApiError::timeout()
+        }
+    };
+    error.to_response(id.as_str())
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<non-string panic payload>")
+}
+
+/// A future that turns a panic while polling its inner future into `Err(payload)`, so one bad request costs
+/// a 500 instead of the connection. Unwind safety: a handler that panics is dropped right away; the state it
+/// shares (pool, readiness cache) is behind locks that do not poison.
+struct CatchUnwind<F> {
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> CatchUnwind<F> {
+    fn new(inner: F) -> Self {
+        CatchUnwind { inner: Box::pin(inner) }
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.inner.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+/// The client address for the access log: the peer, or, when the peer is a trusted proxy, the nearest
+/// untrusted address in `X-Forwarded-For` (read right to left: each trusted hop vouches for the one before
+/// it). An entry that is not an address stops the walk, since nothing before it can be trusted.
+pub(crate) fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.to_canonical() == ip.to_canonical());
+    let peer = peer.to_canonical();
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|hop| !hop.is_empty())
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else { break };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5`, `[::1]:5`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    hop.parse::<SocketAddr>().ok().map(|s| s.ip().to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_from_allowed_peers() {
+        let trusted = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+        // Untrusted peer: the header is ignored.
+        assert_eq!(client_addr(ip("203.0.113.9"), &xff(&["198.51.100.1"]), &trusted), ip("203.0.113.9"));
+        // Trusted peer: the nearest untrusted hop.
+        assert_eq!(client_addr(ip("127.0.0.1"), &xff(&["198.51.100.1"]), &trusted), ip("198.51.100.1"));
+        assert_eq!(
+            client_addr(ip("127.0.0.1"), &xff(&["6.6.6.6, 198.51.100.1, 127.0.0.1"]), &trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(client_addr(ip("127.0.0.1"), &xff(&["6.6.6.6", "198.51.100.1"]), &trusted), ip("198.51.100.1"));
+        // IPv4-mapped peers count as their IPv4 address.
+        assert_eq!(client_addr(ip("::ffff:127.0.0.1"), &xff(&["198.51.100.1"]), &trusted), ip("198.51.100.1"));
+        // Garbage stops the walk at the last trusted hop.
+        assert_eq!(client_addr(ip("127.0.0.1"), &xff(&["6.6.6.6, garbage"]), &trusted), ip("127.0.0.1"));
+        // No header: the peer.
+        assert_eq!(client_addr(ip("::1"), &HeaderMap::new(), &trusted), ip("::1"));
+        assert_eq!(client_addr(ip("127.0.0.1"), &xff(&["[2001:db8::1]:443"]), &trusted), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn panics_become_errors() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let caught = rt.block_on(CatchUnwind::new(async { panic!("boom {}", 1) }));
+        let payload = caught.unwrap_err();
+        assert_eq!(panic_message(payload.as_ref()), "boom 1");
+        assert_eq!(rt.block_on(CatchUnwind::new(async { 7 })).ok(), Some(7));
+    }
+}
