@@ -6,6 +6,7 @@
 
 pub mod app_checks;
 pub mod http_client;
+pub mod nginx;
 pub mod pg;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -76,13 +77,13 @@ pub fn binary() -> &'static str {
 pub struct Lines(Arc<Mutex<Vec<String>>>);
 
 impl Lines {
-    fn capture(self, stream: impl Read + Send + 'static) -> std::thread::JoinHandle<()> {
+    fn capture(self, stream: impl Read + Send + 'static) {
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
                 self.0.lock().unwrap().push(line);
             }
-        })
+        });
     }
 
     pub fn all(&self) -> Vec<String> {
@@ -113,7 +114,6 @@ pub struct Server {
     pub config: PathBuf,
     pub stdout: Lines,
     pub stderr: Lines,
-    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Base config for tests: loopback port, debug routes, short timeouts.
@@ -168,12 +168,10 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn supervisor");
         let stdout = Lines::default();
         let stderr = Lines::default();
-        let readers = vec![
-            stdout.clone().capture(child.stdout.take().unwrap()),
-            stderr.clone().capture(child.stderr.take().unwrap()),
-        ];
+        stdout.clone().capture(child.stdout.take().unwrap());
+        stderr.clone().capture(child.stderr.take().unwrap());
         let pid = child.id() as i32;
-        Server { child: Some(child), pid, port, dir, config: path, stdout, stderr, readers }
+        Server { child: Some(child), pid, port, dir, config: path, stdout, stderr }
     }
 
     /// Starts with the base config, top-level keys in `top` replacing the base's, and `app` lines added to
@@ -240,9 +238,8 @@ impl Server {
         let child = self.child.as_mut().expect("still running");
         let status = wait_for(timeout, "the master to exit", || child.try_wait().unwrap());
         self.child = None;
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
+        // The output readers are not joined: a process the master started (a binary upgrade) may still
+        // hold the pipes open. They end by themselves when the last writer closes.
         status
     }
 

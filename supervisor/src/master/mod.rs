@@ -7,6 +7,7 @@
 //! tokio runtime, so forking it is always sound.
 
 pub mod state;
+mod upgrade;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
@@ -48,7 +49,10 @@ const MASTER_SIGNALS: [Signal; 9] = [
 
 /// Runs the master until it stops, returning the process exit code (0 stopped, 3 no worker could boot).
 pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> Result<i32, MasterError> {
-    let activated = systemd::activated_listeners().map_err(MasterError::Inherit)?;
+    let (upgrade_from, activated) = match upgrade::predecessor().map_err(MasterError::Inherit)? {
+        Some((pid, listeners)) => (Some(pid), Some(listeners)),
+        None => (None, systemd::activated_listeners().map_err(MasterError::Inherit)?),
+    };
     let inherited = activated.is_some();
     let listeners = match activated {
         Some(listeners) => {
@@ -63,7 +67,9 @@ pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> R
     let (ready_read, ready_write) = sys::pipe().map_err(MasterError::Signals)?;
     let pidfile = settings.pidfile.clone();
     if let Some(path) = &pidfile {
-        write_pidfile(path).map_err(|source| MasterError::Pidfile { path: path.clone(), source })?;
+        // A new master of a binary upgrade announces itself as `<pidfile>.2` until it takes over.
+        let path = if upgrade_from.is_some() { upgrade::pending_pidfile(path) } else { path.clone() };
+        write_pidfile(&path).map_err(|source| MasterError::Pidfile { path: path.clone(), source })?;
     }
     tracing::info!(
         pid = std::process::id(),
@@ -84,6 +90,7 @@ pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> R
         notifier: systemd::Notifier::from_env(),
         told: Told::default(),
         next_watchdog: 0,
+        upgrade: upgrade::Upgrade::new(upgrade_from, pidfile.clone()),
     };
     let code = master.run();
     if let Some(path) = &pidfile {
@@ -123,6 +130,8 @@ struct Master {
     told: Told,
     /// When the next watchdog keep-alive is due (monotonic ns).
     next_watchdog: u64,
+    /// Binary upgrade: the master we replace, or the one replacing us.
+    upgrade: upgrade::Upgrade,
 }
 
 /// The last state reported to the service manager.
@@ -148,6 +157,9 @@ impl Master {
                 }
             }
             self.notify();
+            if self.state.settled() {
+                self.upgrade.take_over();
+            }
             self.wait();
             events.extend(self.reap());
             events.extend(self.signals().into_iter().map(Event::Signal));
@@ -227,15 +239,14 @@ impl Master {
     fn reap(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         loop {
-            match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => {
-                    out.push(Event::Exited { pid: pid.as_raw(), how: ExitHow::Code(code) })
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    out.push(Event::Exited { pid: pid.as_raw(), how: ExitHow::Signal(sig as i32) })
-                }
+            let (pid, how) = match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), ExitHow::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), ExitHow::Signal(sig as i32)),
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
+                Ok(_) => continue,
+            };
+            if !self.upgrade.reaped(pid, how) {
+                out.push(Event::Exited { pid, how });
             }
         }
         for event in &out {
@@ -276,6 +287,10 @@ impl Master {
             }
             Action::DropGeneration(generation) => {
                 self.generations.remove(&generation);
+            }
+            Action::Upgrade => {
+                let listeners = self.generations.get(&self.state.generation()).map_or(&[][..], |g| &g.listeners[..]);
+                self.upgrade.start(listeners);
             }
             Action::CloseListeners => {
                 for generation in self.generations.values_mut() {
@@ -357,7 +372,7 @@ impl Master {
     }
 }
 
-fn write_pidfile(path: &PathBuf) -> std::io::Result<()> {
+pub(crate) fn write_pidfile(path: &PathBuf) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
     std::fs::rename(&tmp, path)

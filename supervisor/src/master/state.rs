@@ -142,6 +142,8 @@ pub enum Action {
     },
     /// Forget the settings of a generation that has no worker left.
     DropGeneration(u64),
+    /// Start the binary on disk as a new master inheriting the listeners (USR2).
+    Upgrade,
     /// Close the master's copies of the listening sockets (a stop has begun).
     CloseListeners,
     /// Exit the master with this code.
@@ -443,7 +445,8 @@ impl State {
                 }
             }
             (Sig::Usr1, _) => tracing::info!("log reopen requested: logging to stdout, nothing to reopen"),
-            (Sig::Usr2, _) => tracing::warn!("binary upgrade (USR2) is not supported by this build: ignored"),
+            (Sig::Usr2, Phase::Running) => actions.push(Action::Upgrade),
+            (Sig::Usr2, _) => tracing::warn!("binary upgrade requested during startup: ignored"),
         }
     }
 
