@@ -5,6 +5,9 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// Listening sockets with the address each is bound to.
+pub type Listeners = Vec<(SocketAddr, TcpListener)>;
+
 /// Binds one listener: close-on-exec (socket2 sets it atomically), `SO_REUSEADDR`, IPv6 sockets
 /// IPv6-only (so `0.0.0.0:P` and `[::]:P` can both be listed), non-blocking.
 pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {

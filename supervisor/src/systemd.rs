@@ -2,15 +2,15 @@
 //! `WATCHDOG_USEC`). Everything is optional: without the variables these functions do nothing.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
+use crate::listen::Listeners;
 use crate::sys;
 
 /// Listeners passed by systemd socket activation, if `LISTEN_PID` names this process. The `LISTEN_*`
 /// variables are removed so that no child mistakes them for its own.
-pub fn activated_listeners() -> io::Result<Option<Vec<(SocketAddr, TcpListener)>>> {
+pub fn activated_listeners() -> io::Result<Option<Listeners>> {
     let (Ok(pid), Ok(fds)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
         return Ok(None);
     };
@@ -23,7 +23,7 @@ pub fn activated_listeners() -> io::Result<Option<Vec<(SocketAddr, TcpListener)>
 }
 
 /// Takes ownership of listening sockets by fd number.
-pub fn inherit(fds: Vec<i32>) -> io::Result<Vec<(SocketAddr, TcpListener)>> {
+pub fn inherit(fds: Vec<i32>) -> io::Result<Listeners> {
     fds.into_iter()
         .map(|fd| {
             let listener = sys::inherited_listener(fd)?;

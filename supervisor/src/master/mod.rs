@@ -10,7 +10,7 @@ pub mod state;
 mod upgrade;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 
 use self::state::{Action, Board, Event, ExitHow, Phase, Policy, Sig, State};
+use crate::listen::Listeners;
 use crate::scoreboard::{Scoreboard, SlotView};
 use crate::service::WorkerApp;
 use crate::worker::{self, WorkerStart};
@@ -106,7 +107,7 @@ struct Generation {
     app: Arc<dyn WorkerApp>,
     /// The master's copies of this generation's listening sockets, duplicated into each of its workers.
     /// Dropped with the generation, or when a stop begins.
-    listeners: Vec<(SocketAddr, TcpListener)>,
+    listeners: Listeners,
 }
 
 struct Master {
@@ -304,7 +305,7 @@ impl Master {
 
     /// Listeners for a reloaded configuration: the serving generation's sockets where the address is
     /// unchanged (binding it again would fail), new sockets for new addresses, opened before the switch.
-    fn listeners_for(&self, settings: &Settings) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
+    fn listeners_for(&self, settings: &Settings) -> Result<Listeners, String> {
         let current = &self.generations.get(&self.state.generation()).ok_or("no serving generation")?.listeners;
         if self.inherited {
             return current.iter().map(|(a, l)| l.try_clone().map(|l| (*a, l)).map_err(|e| e.to_string())).collect();

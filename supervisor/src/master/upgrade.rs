@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
 use super::state::ExitHow;
+use crate::listen::Listeners;
 use crate::{sys, systemd};
 
 /// Fd numbers of the inherited listeners, comma-separated.
@@ -21,7 +22,7 @@ const FROM_VAR: &str = "SUPERVISOR_UPGRADE_FROM";
 
 /// In a new master started by USR2: the old master's pid and the listeners it handed over. The
 /// variables are removed so that no later child sees them.
-pub fn predecessor() -> io::Result<Option<(i32, Vec<(SocketAddr, TcpListener)>)>> {
+pub fn predecessor() -> io::Result<Option<(i32, Listeners)>> {
     let (Ok(fds), Ok(from)) = (std::env::var(FDS_VAR), std::env::var(FROM_VAR)) else { return Ok(None) };
     sys::remove_env(&[FDS_VAR, FROM_VAR])?;
     let from: i32 = from.trim().parse().map_err(|_| io::Error::other(format!("{FROM_VAR}={from:?} is not a pid")))?;
