@@ -179,14 +179,16 @@ fn serve(config: Config, flags: Flags) -> anyhow::Result<u8> {
     if let Some(warning) = app::pool_budget_warning(&config.app, config.supervisor.workers) {
         tracing::warn!(warning = %warning, "database connection budget");
     }
-    let app: Arc<dyn supervisor::WorkerApp> = Arc::new(app::App::new(config.app.clone()));
+    // Allocated once, before any worker exists: every worker and every generation count into it.
+    let metrics = app::Metrics::shared()?;
+    let app: Arc<dyn supervisor::WorkerApp> = Arc::new(app::App::with_metrics(config.app.clone(), metrics));
     if config.single_process {
         return Ok(supervisor::serve_in_process(&config.supervisor, app)? as u8);
     }
     let reloader: supervisor::Reloader = Box::new(move || {
         let config = load(&flags).map_err(|e| e.to_string())?;
         tracing::info!(settings = %config.summary(), "reloaded settings");
-        let app: Arc<dyn supervisor::WorkerApp> = Arc::new(app::App::new(config.app));
+        let app: Arc<dyn supervisor::WorkerApp> = Arc::new(app::App::with_metrics(config.app, metrics));
         Ok((config.supervisor, app))
     });
     Ok(supervisor::run(config.supervisor, app, reloader)? as u8)

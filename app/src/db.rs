@@ -126,6 +126,11 @@ impl Db {
         pool.get().await.map_err(DbError::Unavailable)
     }
 
+    /// The pool's size and waiters, if a pool exists.
+    pub(crate) fn status(&self) -> Option<deadpool_postgres::Status> {
+        self.pool.as_ref().map(|p| p.status())
+    }
+
     /// Whether a pool exists at all.
     pub(crate) fn configured(&self) -> bool {
         self.pool.is_some()

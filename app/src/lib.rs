@@ -12,6 +12,7 @@
 //!   access log).
 //! - `routes`: the route table and the small handlers; `items`: the items resource.
 //! - `error`: [`ApiError`], the only way an error reaches a client.
+//! - `metrics`: counters in memory shared by all workers, and the `/metrics` text;
 //! - `db`: the lazy per-worker pool; `readiness`: the single-flight `/readyz` check;
 //!   `migrations`: embedded migrations under an advisory lock.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ mod db;
 mod error;
 mod http;
 mod items;
+mod metrics;
 mod migrations;
 mod readiness;
 mod request_id;
@@ -30,6 +32,7 @@ mod service;
 
 pub use config::{AppEnv, Config, ConfigError, DatabaseConfig, DatabaseUrl, keys, pool_budget_warning};
 pub use error::{ApiError, ErrorCode, FieldError};
+pub use metrics::Metrics;
 pub use migrations::{
     ADVISORY_LOCK_KEY, AppliedMigration, MigrateError, MigrationReport, embedded_versions, latest_embedded_version,
     migrate,

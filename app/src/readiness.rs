@@ -84,6 +84,7 @@ impl Readiness {
             return done.report.clone();
         }
         let report = Arc::new(self.run().await);
+        supervisor::stats::set_gauge(crate::metrics::GAUGE_READY, u64::from(report.ready()));
         *last = Some(Finished { at: Instant::now(), report: report.clone() });
         report
     }

@@ -18,6 +18,7 @@ use supervisor::{Request, Response};
 pub(crate) enum Route {
     Healthz,
     Readyz,
+    Metrics,
     Items,
     Item(String),
     DebugSleep,
@@ -28,12 +29,31 @@ pub(crate) enum Route {
 /// The route label of requests that matched no resource.
 pub(crate) const UNMATCHED: &str = "unmatched";
 
+/// Every route label, in the order the metrics store them: the templates, then [`UNMATCHED`].
+pub(crate) const TEMPLATES: [&str; 9] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/api/items",
+    "/api/items/{id}",
+    "/debug/sleep",
+    "/debug/block",
+    "/debug/panic",
+    UNMATCHED,
+];
+
+/// The metrics index of a route label.
+pub(crate) fn template_index(template: &str) -> usize {
+    TEMPLATES.iter().position(|t| *t == template).unwrap_or(TEMPLATES.len() - 1)
+}
+
 impl Route {
     /// Matches a path. Debug routes exist only when enabled, and never in prod.
     pub(crate) fn resolve(path: &str, debug: bool) -> Option<Route> {
         let route = match path {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
+            "/metrics" => Route::Metrics,
             "/api/items" => Route::Items,
             "/debug/sleep" if debug => Route::DebugSleep,
             "/debug/block" if debug => Route::DebugBlock,
@@ -54,6 +74,7 @@ impl Route {
         match self {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
             Route::Items => "/api/items",
             Route::Item(_) => "/api/items/{id}",
             Route::DebugSleep => "/debug/sleep",
@@ -84,6 +105,7 @@ pub(crate) async fn dispatch(state: &State, route: Route, req: Request) -> Resul
     match (&route, get, &method) {
         (Route::Healthz, true, _) => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
         (Route::Readyz, true, _) => readyz(state).await,
+        (Route::Metrics, true, _) => Ok(metrics(state)),
         (Route::Items, true, _) => items::list(state, req.uri().query()).await,
         (Route::Items, false, &Method::POST) => items::create(state, req).await,
         (Route::Item(id), true, _) => items::get(state, id).await,
@@ -112,6 +134,18 @@ fn millis(query: Option<&str>) -> Result<u64, ApiError> {
         Some(Ok(ms)) if ms <= 3_600_000 => Ok(ms),
         _ => Err(ApiError::validation(vec![FieldError::new("ms", "must be an integer between 0 and 3600000")])),
     }
+}
+
+/// `GET /metrics`: the whole server's metrics, whichever worker answers.
+fn metrics(state: &State) -> Response {
+    let stats = supervisor::stats::server_stats().unwrap_or_default();
+    let body = state.metrics.render(&stats, env!("CARGO_PKG_VERSION"));
+    let mut response = Response::new(supervisor::Body::from(body));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 async fn readyz(state: &State) -> Result<Response, ApiError> {

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::cors::Cors;
 use crate::db::Db;
 use crate::error::ApiError;
+use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
 use crate::request_id::{self, RequestId};
 use crate::routes::{self, Route};
@@ -33,17 +34,26 @@ use supervisor::{BootError, BoxFuture, Request, Response, Service, WorkerApp};
 /// touches tokio or the network is built in [`WorkerApp::boot`], inside each worker.
 pub struct App {
     config: Config,
+    metrics: Metrics,
 }
 
 impl App {
+    /// An app counting its metrics in this process only.
     pub fn new(config: Config) -> App {
-        App { config }
+        App::with_metrics(config, Metrics::private())
+    }
+
+    /// An app counting into `metrics`; pass [`Metrics::shared`] (allocated once, before the server starts)
+    /// so that every worker and every generation count into the same memory.
+    pub fn with_metrics(config: Config, metrics: Metrics) -> App {
+        App { config, metrics }
     }
 }
 
 impl WorkerApp for App {
     fn boot(&self) -> BoxFuture<Result<Arc<dyn Service>, BootError>> {
         let config = self.config.clone();
+        let metrics = self.metrics;
         Box::pin(async move {
             if !config.debug_boot_delay.is_zero() {
                 tracing::info!(
@@ -64,7 +74,9 @@ impl WorkerApp for App {
                 env = %config.env,
                 "app booted"
             );
+            tokio::spawn(publish_pool_status(db.clone()));
             let state = State {
+                metrics,
                 cors: Cors::new(&config.cors_origins, config.cors_allow_credentials),
                 readiness: Readiness::new(db.clone(), config.database.readiness_timeout),
                 db,
@@ -78,6 +90,7 @@ impl WorkerApp for App {
 /// What the handlers share within one worker.
 pub(crate) struct State {
     pub(crate) config: Config,
+    pub(crate) metrics: Metrics,
     pub(crate) cors: Cors,
     pub(crate) db: Db,
     pub(crate) readiness: Readiness,
@@ -114,6 +127,8 @@ async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId
     let span = tracing::info_span!("request", request_id = %id);
     let mut response = respond(&state, req, route, &id).instrument(span).await;
 
+    let status = response.status().as_u16();
+    state.metrics.record(&method, routes::template_index(template), status, started.elapsed());
     let headers = response.headers_mut();
     headers.insert(request_id::HEADER, HeaderValue::from_str(id.as_str()).expect("request ids are header-safe"));
     state.cors.apply(origin.as_ref(), headers);
@@ -136,6 +151,19 @@ async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId
         );
     }
     response
+}
+
+/// Publishes this worker's pool status every second, for `/metrics` to sum over workers.
+async fn publish_pool_status(db: Db) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        if let Some(status) = db.status() {
+            supervisor::stats::set_gauge(metrics::GAUGE_POOL_SIZE, status.size as u64);
+            supervisor::stats::set_gauge(metrics::GAUGE_POOL_AVAILABLE, status.available as u64);
+            supervisor::stats::set_gauge(metrics::GAUGE_POOL_WAITING, status.waiting as u64);
+        }
+    }
 }
 
 /// Everything that runs inside the request span.

@@ -12,6 +12,7 @@ pub mod master;
 pub mod scoreboard;
 mod service;
 mod settings;
+pub mod stats;
 mod sys;
 pub mod systemd;
 mod worker;

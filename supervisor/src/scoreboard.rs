@@ -60,6 +60,15 @@ impl SlotState {
     }
 }
 
+// Words of the scoreboard's own header, written by the master.
+const BOARD_START_TIME: usize = 0;
+const BOARD_RELOADS_OK: usize = 1;
+const BOARD_RELOADS_ABORTED: usize = 2;
+const BOARD_RESTARTS: usize = 8;
+const BOARD_WORDS: usize = 32;
+/// Restart reasons the header can count.
+pub const MAX_REASONS: usize = BOARD_WORDS - BOARD_RESTARTS;
+
 // Slot header words.
 const PID: usize = 0;
 const GENERATION: usize = 1;
@@ -67,7 +76,10 @@ const STATE: usize = 2;
 const HEARTBEAT: usize = 3;
 const REQUESTS: usize = 4;
 const IN_FLIGHT: usize = 5;
-const HEADER_WORDS: usize = 8;
+const GAUGES: usize = 8;
+/// Gauges each worker can publish for aggregation (see [`Slot::set_gauge`]).
+pub const GAUGE_COUNT: usize = 4;
+const HEADER_WORDS: usize = GAUGES + GAUGE_COUNT;
 
 /// In-flight requests recorded per worker (more may be in flight; only the count is kept for those).
 pub const ENTRIES: usize = 4;
@@ -81,17 +93,57 @@ const METHOD_MAX: usize = 16;
 const PATH_MAX: usize = 96;
 const LABEL_MAX: usize = TEXT_WORDS * 8 - METHOD_MAX - PATH_MAX - 2;
 
-/// The shared table of worker slots.
+/// The shared table of worker slots, after a small header of master-wide counters.
 #[derive(Clone, Copy)]
 pub struct Scoreboard {
+    header: &'static [AtomicU64],
     words: &'static [AtomicU64],
     slots: usize,
+}
+
+/// Master-wide counters kept in the scoreboard's header.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MasterCounters {
+    /// Unix time the master started, seconds.
+    pub start_time: u64,
+    /// Reloads that switched generations.
+    pub reloads_ok: u64,
+    /// Reloads that were aborted.
+    pub reloads_aborted: u64,
+    /// Workers replaced or retired, by reason index.
+    pub restarts: [u64; MAX_REASONS],
 }
 
 impl Scoreboard {
     /// Maps a new scoreboard with `slots` free slots. Must be created before forking.
     pub fn new(slots: usize) -> io::Result<Scoreboard> {
-        Ok(Scoreboard { words: sys::shared_words(slots * SLOT_WORDS)?, slots })
+        let all = sys::shared_words(BOARD_WORDS + slots * SLOT_WORDS)?;
+        let (header, words) = all.split_at(BOARD_WORDS);
+        Ok(Scoreboard { header, words, slots })
+    }
+
+    /// Master: publish its counters.
+    pub fn publish(&self, counters: &MasterCounters) {
+        self.header[BOARD_START_TIME].store(counters.start_time, Ordering::Relaxed);
+        self.header[BOARD_RELOADS_OK].store(counters.reloads_ok, Ordering::Relaxed);
+        self.header[BOARD_RELOADS_ABORTED].store(counters.reloads_aborted, Ordering::Relaxed);
+        for (i, n) in counters.restarts.iter().enumerate() {
+            self.header[BOARD_RESTARTS + i].store(*n, Ordering::Relaxed);
+        }
+    }
+
+    /// The master's counters as last published.
+    pub fn counters(&self) -> MasterCounters {
+        let mut restarts = [0; MAX_REASONS];
+        for (i, n) in restarts.iter_mut().enumerate() {
+            *n = self.header[BOARD_RESTARTS + i].load(Ordering::Relaxed);
+        }
+        MasterCounters {
+            start_time: self.header[BOARD_START_TIME].load(Ordering::Relaxed),
+            reloads_ok: self.header[BOARD_RELOADS_OK].load(Ordering::Relaxed),
+            reloads_aborted: self.header[BOARD_RELOADS_ABORTED].load(Ordering::Relaxed),
+            restarts,
+        }
     }
 
     /// Number of slots.
@@ -190,6 +242,17 @@ impl Slot {
     /// Worker: stamp the heartbeat.
     pub fn heartbeat(&self, now_ns: u64) {
         self.words[HEARTBEAT].store(now_ns, Ordering::Release);
+    }
+
+    /// Worker: publish gauge `i` (for example the size of its connection pool); readers sum the gauges
+    /// of live workers.
+    pub fn set_gauge(&self, i: usize, value: u64) {
+        self.words[GAUGES + i].store(value, Ordering::Relaxed);
+    }
+
+    /// Gauge `i` of this slot.
+    pub fn gauge(&self, i: usize) -> u64 {
+        self.words[GAUGES + i].load(Ordering::Relaxed)
     }
 
     /// Requests completed so far.

@@ -31,6 +31,7 @@ pub const EXIT_SETUP_FAILED: i32 = 4;
 
 /// Everything a worker needs, handed over by the master at fork.
 pub(crate) struct WorkerStart {
+    pub board: crate::scoreboard::Scoreboard,
     pub slot: Slot,
     pub generation: u64,
     pub settings: Arc<Settings>,
@@ -52,6 +53,7 @@ enum Stop {
 pub(crate) fn run(start: WorkerStart) -> i32 {
     crate::logging::set_worker_identity(start.slot.index(), start.generation);
     start.slot.set_pid(std::process::id() as i32);
+    crate::stats::install(start.board, start.slot.index());
     let setup = || -> std::io::Result<()> {
         for sig in
             [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGWINCH]
@@ -139,6 +141,8 @@ pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<
     let slot = board.slot(0);
     slot.prepare(0, sys::monotonic_ns());
     slot.set_pid(std::process::id() as i32);
+    board.publish(&crate::scoreboard::MasterCounters { start_time: unix_now(), ..Default::default() });
+    crate::stats::install(board, 0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.threads.max(1))
         .enable_all()
@@ -174,6 +178,11 @@ pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<
     });
     runtime.shutdown_background();
     Ok(code)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn adopt(listeners: Vec<std::net::TcpListener>) -> std::io::Result<Vec<TcpListener>> {

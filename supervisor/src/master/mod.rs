@@ -92,6 +92,7 @@ pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> R
         told: Told::default(),
         next_watchdog: 0,
         upgrade: upgrade::Upgrade::new(upgrade_from, pidfile.clone()),
+        start_time: crate::worker::unix_now(),
     };
     let code = master.run();
     if let Some(path) = &pidfile {
@@ -133,6 +134,8 @@ struct Master {
     next_watchdog: u64,
     /// Binary upgrade: the master we replace, or the one replacing us.
     upgrade: upgrade::Upgrade,
+    /// Unix time this master started, for `process_start_time_seconds`.
+    start_time: u64,
 }
 
 /// The last state reported to the service manager.
@@ -157,6 +160,9 @@ impl Master {
                     }
                 }
             }
+            let mut counters = self.state.counters().clone();
+            counters.start_time = self.start_time;
+            self.board.publish(&counters);
             self.notify();
             if self.state.settled() {
                 self.upgrade.take_over();
@@ -354,6 +360,7 @@ impl Master {
                 // them on drain really stops it accepting.
                 self.generations.clear();
                 let start = WorkerStart {
+                    board: self.board,
                     slot: board_slot,
                     generation,
                     settings,

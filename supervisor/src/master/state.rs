@@ -184,6 +184,63 @@ impl KillReason {
     }
 }
 
+/// Why a worker left, for the restart counters (`supervisor_worker_restarts_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartReason {
+    /// Exited with code 0 on its own.
+    Exit,
+    /// Exited with an error code, or died of a signal other than an outside SIGKILL.
+    Crash,
+    /// Killed by a SIGKILL the supervisor did not send (possibly the OOM killer).
+    Killed,
+    /// Heartbeat timeout.
+    Timeout,
+    /// Not ready within boot_timeout.
+    BootTimeout,
+    /// Exited before it was ready.
+    BootFailed,
+    /// Recycled after max_requests.
+    MaxRequests,
+    /// Replaced by a new generation.
+    Reload,
+    /// Retired by TTOU.
+    Scale,
+}
+
+impl RestartReason {
+    /// Every reason, in counter order.
+    pub const ALL: [RestartReason; 9] = [
+        RestartReason::Exit,
+        RestartReason::Crash,
+        RestartReason::Killed,
+        RestartReason::Timeout,
+        RestartReason::BootTimeout,
+        RestartReason::BootFailed,
+        RestartReason::MaxRequests,
+        RestartReason::Reload,
+        RestartReason::Scale,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Exit => "exit",
+            RestartReason::Crash => "crash",
+            RestartReason::Killed => "killed",
+            RestartReason::Timeout => "timeout",
+            RestartReason::BootTimeout => "boot_timeout",
+            RestartReason::BootFailed => "boot_failed",
+            RestartReason::MaxRequests => "max_requests",
+            RestartReason::Reload => "reload",
+            RestartReason::Scale => "scale",
+        }
+    }
+
+    fn index(self) -> usize {
+        RestartReason::ALL.iter().position(|r| *r == self).expect("listed")
+    }
+}
+
 /// Why a worker was asked to drain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetireReason {
@@ -288,6 +345,8 @@ pub struct State {
     ever_ready: bool,
     /// Whether the initial workers were spawned.
     initial_spawned: bool,
+    /// Restart and reload counters, published in the scoreboard for /metrics.
+    counters: crate::scoreboard::MasterCounters,
 }
 
 impl State {
@@ -309,6 +368,7 @@ impl State {
             next_generation: 2,
             ever_ready: false,
             initial_spawned: false,
+            counters: Default::default(),
         }
     }
 
@@ -334,6 +394,11 @@ impl State {
             && self.pending.is_empty()
             && self.workers.iter().filter(|w| w.generation == self.current && w.active() && w.ready.is_some()).count()
                 >= self.desired
+    }
+
+    /// Restart and reload counters so far.
+    pub fn counters(&self) -> &crate::scoreboard::MasterCounters {
+        &self.counters
     }
 
     /// Whether a reload is in progress.
@@ -464,6 +529,7 @@ impl State {
             Err(error) => {
                 tracing::error!(generation = reload.generation, error = %error, "reload aborted: configuration rejected, keeping the running workers");
                 self.reload = None;
+                self.counters.reloads_aborted += 1;
             }
             Ok(policy) => {
                 tracing::info!(
@@ -480,6 +546,7 @@ impl State {
     fn abandon_reload(&mut self, why: &str, actions: &mut Vec<Action>) {
         if let Some(reload) = self.reload.take() {
             tracing::warn!(generation = reload.generation, reason = why, "reload aborted");
+            self.counters.reloads_aborted += 1;
             for w in self.workers.iter_mut().filter(|w| w.generation == reload.generation && w.kill.is_none()) {
                 w.kill = Some(KillReason::ReloadAborted);
                 actions.push(Action::Kill { pid: w.pid, signal: Signal::SIGKILL });
@@ -581,6 +648,9 @@ impl State {
             ExitHow::Code(c) => (Some(c), None),
             ExitHow::Signal(s) => (None, Some(s)),
         };
+        if let Some(reason) = restart_reason(&w, how) {
+            self.counters.restarts[reason.index()] += 1;
+        }
         let uptime_ms = (now - w.spawned) / MS;
         let early = w.ready.is_none_or(|r| now - r < MIN_UPTIME);
         match (w.kill, w.retire) {
@@ -822,6 +892,7 @@ impl State {
             self.current = generation;
             self.desired = policy.workers;
             self.reload = None;
+            self.counters.reloads_ok += 1;
             for w in &mut self.workers {
                 if w.generation != generation && w.active() {
                     tracing::info!(
@@ -891,6 +962,27 @@ impl State {
         self.pending.push((slot, generation, now));
         actions.push(Action::Spawn { slot, generation });
         Some(slot)
+    }
+}
+
+/// The restart counter an exit belongs to; `None` for workers stopped with the server or an aborted reload.
+fn restart_reason(w: &Worker, how: ExitHow) -> Option<RestartReason> {
+    let retired = |r: RetireReason| match r {
+        RetireReason::Scale => Some(RestartReason::Scale),
+        RetireReason::Reload => Some(RestartReason::Reload),
+        RetireReason::MaxRequests => Some(RestartReason::MaxRequests),
+        RetireReason::Stop => None,
+    };
+    match (w.kill, w.retire) {
+        (Some(KillReason::Timeout), _) => Some(RestartReason::Timeout),
+        (Some(KillReason::BootTimeout), _) => Some(RestartReason::BootTimeout),
+        (Some(KillReason::Quit | KillReason::ReloadAborted), _) => None,
+        (_, Some((reason, _))) => retired(reason),
+        (Some(KillReason::DrainDeadline), None) => None,
+        (None, None) if how == ExitHow::Signal(Signal::SIGKILL as i32) => Some(RestartReason::Killed),
+        (None, None) if w.ready.is_none() => Some(RestartReason::BootFailed),
+        (None, None) if how == ExitHow::Code(0) => Some(RestartReason::Exit),
+        (None, None) => Some(RestartReason::Crash),
     }
 }
 
@@ -1204,6 +1296,41 @@ mod tests {
         assert!(kills(&h.advance(2 * SEC)).is_empty());
         h.beat();
         assert_eq!(kills(&h.advance(SEC + MS)), [(retiring, Signal::SIGKILL)]);
+    }
+
+    #[test]
+    fn restarts_are_counted_by_reason() {
+        let mut h = Harness::running();
+        let reason = |h: &Harness, r: RestartReason| h.state.counters().restarts[r.index()];
+        let pids = h.pids();
+        h.handle(Event::Exited { pid: pids[0], how: ExitHow::Signal(Signal::SIGKILL as i32) });
+        assert_eq!(reason(&h, RestartReason::Killed), 1);
+        h.handle(Event::Exited { pid: pids[1], how: ExitHow::Code(1) });
+        assert_eq!(reason(&h, RestartReason::Crash), 1);
+        h.all_ready();
+        let victim = h.pids()[0];
+        let slot = h.slot_of(victim);
+        h.now += 10 * SEC;
+        h.beat();
+        h.board.set(slot, victim, SlotState::Ready, h.now - POLICY.timeout - MS);
+        h.handle(Event::Tick);
+        h.handle(Event::Exited { pid: victim, how: ExitHow::Signal(Signal::SIGKILL as i32) });
+        assert_eq!(reason(&h, RestartReason::Timeout), 1, "our own timeout kill is not an outside kill");
+        assert_eq!(reason(&h, RestartReason::Killed), 1);
+        h.handle(Event::Signal(Sig::Hup));
+        assert_eq!(h.state.counters().reloads_ok, 0);
+        h.all_ready();
+        assert_eq!(h.state.counters().reloads_ok, 1);
+        let retired: Vec<i32> = h.state.workers.iter().filter(|w| w.retire.is_some()).map(|w| w.pid).collect();
+        for pid in retired {
+            h.handle(Event::Exited { pid, how: ExitHow::Code(0) });
+        }
+        assert_eq!(reason(&h, RestartReason::Reload), 2);
+        h.handle(Event::Signal(Sig::Term));
+        for pid in h.pids() {
+            h.handle(Event::Exited { pid, how: ExitHow::Code(0) });
+        }
+        assert_eq!(h.state.counters().restarts.iter().sum::<u64>(), 5, "a stop is not a restart");
     }
 
     #[test]
