@@ -86,6 +86,7 @@ pub const KEYS: &[Key] = &[
     key("max_requests", &["SUPERVISOR_MAX_REQUESTS"], Some("--max-requests")),
     key("max_requests_jitter", &["SUPERVISOR_MAX_REQUESTS_JITTER"], Some("--max-requests-jitter")),
     key("pidfile", &["SUPERVISOR_PIDFILE"], Some("--pidfile")),
+    key("log_file", &["SUPERVISOR_LOG_FILE"], Some("--log-file")),
     key("app.env", &["APP_ENV"], None),
     key("app.request_timeout", &["APP_REQUEST_TIMEOUT"], None),
     key("app.max_body_bytes", &["APP_MAX_BODY_BYTES"], None),
@@ -115,6 +116,8 @@ pub struct Config {
     pub single_process: bool,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// Log to this file instead of standard output (reopened on SIGUSR1).
+    pub log_file: Option<PathBuf>,
     /// Application settings.
     pub app: app::Config,
     /// Every key with its display value and source, in [`KEYS`] order.
@@ -232,6 +235,12 @@ impl Layers {
             |raw| Ok(Some(PathBuf::from(text(raw)?))),
             |p| opt(p.as_ref().map(|p| p.display())),
         )?;
+        let log_file = r.get(
+            "log_file",
+            None,
+            |raw| Ok(Some(PathBuf::from(text(raw)?))),
+            |p| opt(p.as_ref().map(|p| p.display())),
+        )?;
         if keepalive > Duration::from_secs(3600) {
             return Err(r.error("keepalive", "must be at most 3600 seconds"));
         }
@@ -317,7 +326,7 @@ impl Layers {
             max_requests_jitter,
             pidfile,
         };
-        Ok(Config { supervisor, single_process: workers == 0, log_level, app, report: r.report })
+        Ok(Config { supervisor, single_process: workers == 0, log_level, log_file, app, report: r.report })
     }
 }
 

@@ -71,6 +71,9 @@ struct Flags {
     /// Write the master's pid to this file.
     #[arg(long, global = true)]
     pidfile: Option<String>,
+    /// Log to this file instead of standard output (reopened on SIGUSR1).
+    #[arg(long, global = true)]
+    log_file: Option<String>,
 }
 
 impl Flags {
@@ -91,6 +94,7 @@ impl Flags {
             ("--max-requests", &self.max_requests),
             ("--max-requests-jitter", &self.max_requests_jitter),
             ("--pidfile", &self.pidfile),
+            ("--log-file", &self.log_file),
         ];
         for (name, value) in single {
             if let Some(v) = value {
@@ -145,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Migrate => {
-            supervisor::logging::init(config.log_level);
+            supervisor::logging::init(config.log_level, None)?;
             let runtime = tokio_runtime()?;
             match runtime.block_on(app::migrate(&config.app)) {
                 Ok(report) => {
@@ -169,7 +173,10 @@ fn load(flags: &Flags) -> Result<Config, ConfigError> {
 }
 
 fn serve(config: Config, flags: Flags) -> anyhow::Result<u8> {
-    supervisor::logging::init(config.log_level);
+    supervisor::logging::init(config.log_level, config.log_file.as_deref())?;
+    // A panic is logged as one JSON line (with the request id when it happens in a request), instead of
+    // Rust's plain-text message on stderr.
+    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = flags.config.as_ref().map(|p| p.display().to_string()),

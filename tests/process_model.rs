@@ -385,3 +385,41 @@ fn startup_logs_effective_settings_with_sources() {
     assert!(settings.contains("graceful_timeout=5s (file"), "{settings}");
     assert!(settings.contains("max_requests=0 (default)"), "{settings}");
 }
+
+// USR1 after a log rotation: the master and every worker write to the new file.
+#[test]
+fn usr1_reopens_the_log_file_in_master_and_workers() {
+    let port = free_port();
+    let dir = TempDir::new("logfile");
+    let log = dir.join("server.log");
+    let config = config_with(port, &format!("log_file = {:?}", log.display().to_string()), "");
+    let server = Server::start_with(port, &config, &[], &[]);
+    let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    wait_for(Duration::from_secs(10), "2 workers ready in the log file", || {
+        (lines(&log).iter().filter(|l| field(l, "msg") == "worker ready").count() == 2).then_some(())
+    });
+    assert!(server.stdout.all().is_empty(), "nothing on stdout when logging to a file");
+    let rotated = dir.join("server.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    server.signal(libc::SIGUSR1);
+    wait_for(Duration::from_secs(5), "the master reopened", || {
+        lines(&log).iter().any(|l| field(l, "msg") == "log file reopened; telling the workers").then_some(())
+    });
+    // Both workers write their access lines to the new file.
+    let pids = wait_for(Duration::from_secs(10), "access lines of both workers in the new file", || {
+        for i in 0..10 {
+            request(server.addr(), "GET", "/healthz", &[&format!("X-Request-ID: rotated-{i}")], b"").unwrap();
+        }
+        let pids: BTreeSet<i64> = lines(&log)
+            .iter()
+            .filter(|l| field(l, "request_id").starts_with("rotated-"))
+            .filter_map(|l| l["pid"].as_i64())
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    assert_eq!(pids, server.workers().iter().map(|&p| p as i64).collect());
+    let old = lines(&rotated);
+    assert!(old.iter().any(|l| field(l, "msg") == "worker ready"), "the old file keeps what was written before");
+}

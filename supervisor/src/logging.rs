@@ -73,10 +73,34 @@ impl LogLevel {
     }
 }
 
-/// Installs the JSON subscriber for this process. Call once, before forking.
-pub fn init(level: LogLevel) {
+/// The log file, when logging to a file rather than to the inherited stdout.
+static LOG_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Installs the JSON subscriber for this process. Call once, before forking. With `file`, standard output
+/// itself is pointed at the file (opened for appending), so the workers forked later write there too.
+pub fn init(level: LogLevel, file: Option<&std::path::Path>) -> std::io::Result<()> {
     PID.store(std::process::id() as u64, Ordering::Relaxed);
+    if let Some(path) = file {
+        point_stdout_at(path)?;
+        let _ = LOG_FILE.set(path.to_path_buf());
+    }
     let _ = tracing_subscriber::registry().with(JsonLayer.with_filter(level.filter())).try_init();
+    Ok(())
+}
+
+/// Reopens the log file (after it was rotated), if logging to one. Returns whether there was one.
+pub fn reopen() -> std::io::Result<bool> {
+    match LOG_FILE.get() {
+        Some(path) => point_stdout_at(path).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+fn point_stdout_at(path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let _ = std::io::stdout().lock().flush();
+    nix::unistd::dup2_stdout(&file)?;
+    Ok(())
 }
 
 /// Called in a worker right after fork: later lines carry the worker's pid, slot and generation.

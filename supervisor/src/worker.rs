@@ -55,9 +55,8 @@ pub(crate) fn run(start: WorkerStart) -> i32 {
     start.slot.set_pid(std::process::id() as i32);
     crate::stats::install(start.board, start.slot.index());
     let setup = || -> std::io::Result<()> {
-        for sig in
-            [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGWINCH]
-        {
+        // USR1 is not ignored: the worker reopens its log file on it (registered with the runtime below).
+        for sig in [Signal::SIGHUP, Signal::SIGUSR2, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGWINCH] {
             sys::set_plain_disposition(sig, true)?;
         }
         sys::set_plain_disposition(Signal::SIGCHLD, false)?;
@@ -103,6 +102,7 @@ async fn serve_worker(start: WorkerStart) -> i32 {
     let slot = start.slot;
     let master = start.master_pid;
     tokio::spawn(heartbeat(slot, start.settings.heartbeat_interval(), Some(master)));
+    tokio::spawn(reopen_logs_on_usr1());
 
     let service = match start.app.boot().await {
         Ok(service) => service,
@@ -157,6 +157,7 @@ pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<
                 return EXIT_SETUP_FAILED;
             }
         };
+        tokio::spawn(reopen_logs_on_usr1());
         let service = match app.boot().await {
             Ok(s) => s,
             Err(error) => {
@@ -227,6 +228,16 @@ fn request_limit(settings: &Settings) -> u64 {
     // Jitter only needs to differ between workers, not to be unpredictable.
     let seed = sys::monotonic_ns() ^ (u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     settings.max_requests + seed % (settings.max_requests_jitter + 1)
+}
+
+/// SIGUSR1 (sent by the master after a log rotation): reopen the log file.
+async fn reopen_logs_on_usr1() {
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else { return };
+    while usr1.recv().await.is_some() {
+        if let Err(error) = crate::logging::reopen() {
+            tracing::error!(error = %error, "cannot reopen the log file");
+        }
+    }
 }
 
 /// Stamps the heartbeat until the runtime stops. When the master is gone (the parent changed), exits: the

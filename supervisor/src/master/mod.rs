@@ -295,6 +295,18 @@ impl Master {
             Action::DropGeneration(generation) => {
                 self.generations.remove(&generation);
             }
+            Action::ReopenLogs => match crate::logging::reopen() {
+                Ok(true) => {
+                    tracing::info!(workers = self.state.workers().len(), "log file reopened; telling the workers");
+                    for (pid, _) in self.state.workers() {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGUSR1);
+                    }
+                }
+                Ok(false) => tracing::info!("log reopen requested: logging to stdout, nothing to reopen"),
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot reopen the log file; still writing to the old one")
+                }
+            },
             Action::Upgrade => {
                 let listeners = self.generations.get(&self.state.generation()).map_or(&[][..], |g| &g.listeners[..]);
                 self.upgrade.start(listeners);

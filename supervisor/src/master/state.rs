@@ -144,6 +144,8 @@ pub enum Action {
     DropGeneration(u64),
     /// Start the binary on disk as a new master inheriting the listeners (USR2).
     Upgrade,
+    /// Reopen the log file and tell every worker to do the same (USR1).
+    ReopenLogs,
     /// Close the master's copies of the listening sockets (a stop has begun).
     CloseListeners,
     /// Exit the master with this code.
@@ -509,7 +511,7 @@ impl State {
                     self.start_reload(actions);
                 }
             }
-            (Sig::Usr1, _) => tracing::info!("log reopen requested: logging to stdout, nothing to reopen"),
+            (Sig::Usr1, _) => actions.push(Action::ReopenLogs),
             (Sig::Usr2, Phase::Running) => actions.push(Action::Upgrade),
             (Sig::Usr2, _) => tracing::warn!("binary upgrade requested during startup: ignored"),
         }
