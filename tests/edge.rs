@@ -16,7 +16,7 @@ use serde_json::json;
 use common::app_checks::{
     assert_error, check_items_crud, check_method_not_allowed, check_validation_errors, create_item,
 };
-use common::http_client::{HttpResponse, get, get_with, send};
+use common::http_client::{HttpResponse, get, get_with, parse, send};
 use common::nginx::{EdgeOptions, Nginx, conf_dir, default_vars, referenced_vars, render, tls_exchange};
 use common::pg::{Blackhole, PgServer};
 use common::*;
@@ -98,24 +98,7 @@ fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
     stream.write_all(bytes).unwrap();
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
-    parse_raw(&raw)
-}
-
-/// Parses a response with a Content-Length (or none) body, header names lowercased.
-fn parse_raw(raw: &[u8]) -> HttpResponse {
-    let text = String::from_utf8_lossy(raw);
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no response: {text:?}"));
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let rest = &raw[end + 4..];
-    let len = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok());
-    let body = len.map_or(rest, |n: usize| &rest[..n.min(rest.len())]).to_vec();
-    HttpResponse { status, headers, body }
+    parse(&raw, false).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Established TCP connections whose remote port is `port` (the proxy's side of its upstream connections).
@@ -314,7 +297,7 @@ fn the_tls_variant_sends_hsts() {
     let hsts = edge.var("EDGE_HSTS").to_owned();
     let over_tls = |path: &str| {
         let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        parse_raw(&tls_exchange(edge.tls_addr(), &request))
+        parse(&tls_exchange(edge.tls_addr(), &request), false).unwrap_or_else(|e| panic!("{e}"))
     };
 
     let page = over_tls("/some/route");

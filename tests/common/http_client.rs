@@ -98,7 +98,7 @@ pub fn request(
 }
 
 /// Parses a complete response; `head` responses have no body whatever their headers say.
-fn parse(raw: &[u8], head_request: bool) -> io::Result<HttpResponse> {
+pub fn parse(raw: &[u8], head_request: bool) -> io::Result<HttpResponse> {
     let bad =
         |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {:?}", String::from_utf8_lossy(raw)));
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;

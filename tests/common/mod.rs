@@ -341,32 +341,8 @@ pub fn listening_inodes(pid: i32, port: u16) -> Vec<u64> {
     out
 }
 
-/// An HTTP response.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
+/// Responses are the shared client's type (header names lowercased, lookups case-insensitive).
+pub use http_client::HttpResponse as Response;
 
 /// A client connection that can carry several requests (keep-alive).
 pub struct Conn {
@@ -421,23 +397,17 @@ impl Conn {
             self.fill()?;
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let headers: Vec<(String, String)> = lines
+        let len: usize = head
+            .split("\r\n")
             .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(0);
-        self.buf.drain(..head_end + 4);
-        while self.buf.len() < len {
+        while self.buf.len() < head_end + 4 + len {
             self.fill()?;
         }
-        let body: Vec<u8> = self.buf.drain(..len).collect();
-        Ok(Response { status, headers, body })
+        let raw: Vec<u8> = self.buf.drain(..head_end + 4 + len).collect();
+        http_client::parse(&raw, false)
     }
 
     /// Waits until the server closes this connection; returns how long that took.
