@@ -88,13 +88,14 @@ fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve_worker(start: WorkerStart) -> i32 {
-    let signals = match StopSignals::register() {
+    let (signals, reopen) = match StopSignals::register().and_then(|s| Ok((s, reopen_logs_on_usr1()?))) {
         Ok(s) => s,
         Err(error) => {
             tracing::error!(error = %error, "worker could not register its signal handlers");
             return EXIT_SETUP_FAILED;
         }
     };
+    tokio::spawn(reopen);
     if let Err(error) = sys::set_signal_mask(&nix::sys::signal::SigSet::empty()) {
         tracing::error!(error = %error, "worker could not unblock signals");
         return EXIT_SETUP_FAILED;
@@ -102,35 +103,52 @@ async fn serve_worker(start: WorkerStart) -> i32 {
     let slot = start.slot;
     let master = start.master_pid;
     tokio::spawn(heartbeat(slot, start.settings.heartbeat_interval(), Some(master)));
-    tokio::spawn(reopen_logs_on_usr1());
 
-    let service = match start.app.boot().await {
+    let limit = request_limit(&start.settings);
+    let serving = Serving { slot, settings: &start.settings, limit, master_pipe: start.ready_fd.clone() };
+    boot_and_serve(start.app.as_ref(), start.listeners, serving, signals).await
+}
+
+/// How a booted application is served in this process.
+struct Serving<'a> {
+    slot: Slot,
+    settings: &'a Settings,
+    /// Request budget (0: unlimited).
+    limit: u64,
+    /// Poked when ready and when the request budget is spent, to wake the master.
+    master_pipe: Option<Arc<OwnedFd>>,
+}
+
+/// Boots the application, marks the slot ready, and serves until stopped; returns the exit code.
+async fn boot_and_serve(
+    app: &dyn WorkerApp,
+    listeners: Vec<std::net::TcpListener>,
+    serving: Serving<'_>,
+    signals: StopSignals,
+) -> i32 {
+    let service = match app.boot().await {
         Ok(service) => service,
         Err(error) => {
             tracing::error!(error = %error, "worker failed to boot");
             return EXIT_BOOT_FAILED;
         }
     };
-    let listeners = match adopt(start.listeners) {
+    let listeners = match adopt(listeners) {
         Ok(l) => l,
         Err(error) => {
             tracing::error!(error = %error, "worker could not adopt the listeners");
             return EXIT_SETUP_FAILED;
         }
     };
-    slot.set_state(SlotState::Ready);
-    if let Some(fd) = &start.ready_fd {
+    serving.slot.set_state(SlotState::Ready);
+    if let Some(fd) = &serving.master_pipe {
         sys::poke_fd(fd.as_raw_fd());
     }
-    tracing::info!(threads = start.settings.threads, "worker accepting connections");
-    let limit = request_limit(&start.settings);
-    match serve(listeners, service, slot, &start.settings, limit, start.ready_fd.clone(), signals).await {
-        Stop::Graceful => 0,
-        Stop::Immediate => {
-            tracing::info!("worker exiting at once");
-            0
-        }
+    tracing::info!(bind = ?serving.settings.bind, threads = serving.settings.threads, "worker accepting connections");
+    if let Stop::Immediate = serve(listeners, service, serving, signals).await {
+        tracing::info!("worker exiting at once");
     }
+    0
 }
 
 /// Serves the application in this process, without a master: the listeners are bound here, and the process
@@ -150,32 +168,16 @@ pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<
         .map_err(crate::MasterError::Runtime)?;
     let settings = settings.clone();
     let code = runtime.block_on(async move {
-        let signals = match StopSignals::register() {
+        let (signals, reopen) = match StopSignals::register().and_then(|s| Ok((s, reopen_logs_on_usr1()?))) {
             Ok(s) => s,
             Err(error) => {
                 tracing::error!(error = %error, "could not register signal handlers");
                 return EXIT_SETUP_FAILED;
             }
         };
-        tokio::spawn(reopen_logs_on_usr1());
-        let service = match app.boot().await {
-            Ok(s) => s,
-            Err(error) => {
-                tracing::error!(error = %error, "application failed to boot");
-                return EXIT_BOOT_FAILED;
-            }
-        };
-        let listeners = match adopt(listeners) {
-            Ok(l) => l,
-            Err(error) => {
-                tracing::error!(error = %error, "could not adopt the listeners");
-                return EXIT_SETUP_FAILED;
-            }
-        };
-        slot.set_state(SlotState::Ready);
-        tracing::info!(bind = ?settings.bind, threads = settings.threads, "serving in a single process");
-        serve(listeners, service, slot, &settings, 0, None, signals).await;
-        0
+        tokio::spawn(reopen);
+        let serving = Serving { slot, settings: &settings, limit: 0, master_pipe: None };
+        boot_and_serve(app.as_ref(), listeners, serving, signals).await
     });
     runtime.shutdown_background();
     Ok(code)
@@ -230,14 +232,18 @@ fn request_limit(settings: &Settings) -> u64 {
     settings.max_requests + seed % (settings.max_requests_jitter + 1)
 }
 
-/// SIGUSR1 (sent by the master after a log rotation): reopen the log file.
-async fn reopen_logs_on_usr1() {
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else { return };
-    while usr1.recv().await.is_some() {
-        if let Err(error) = crate::logging::reopen() {
-            tracing::error!(error = %error, "cannot reopen the log file");
+/// SIGUSR1 (sent by the master after a log rotation): reopen the log file. The handler is registered
+/// before the returned task first runs, so that a USR1 arriving right after the signal mask is lifted is
+/// not lost.
+fn reopen_logs_on_usr1() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    Ok(async move {
+        while usr1.recv().await.is_some() {
+            if let Err(error) = crate::logging::reopen() {
+                tracing::error!(error = %error, "cannot reopen the log file");
+            }
         }
-    }
+    })
 }
 
 /// Stamps the heartbeat until the runtime stops. When the master is gone (the parent changed), exits: the
@@ -298,12 +304,10 @@ fn drain_linger(settings: &Settings) -> Duration {
 async fn serve(
     listeners: Vec<TcpListener>,
     service: Arc<dyn Service>,
-    slot: Slot,
-    settings: &Settings,
-    limit: u64,
-    master_pipe: Option<Arc<OwnedFd>>,
+    serving: Serving<'_>,
     mut signals: StopSignals,
 ) -> Stop {
+    let Serving { slot, settings, limit, master_pipe } = serving;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
