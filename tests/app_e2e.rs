@@ -86,6 +86,14 @@ fn request_ids_are_echoed_logged_or_replaced() {
         (field(&line, "method"), field(&line, "path"), field(&line, "status")),
         ("GET".into(), "/healthz".into(), "200".into())
     );
+    // A newline inside the header is not HTTP: the request is refused before the app sees it (hyper's bare
+    // 400; behind the edge, nginx answers it in the contract), and the bad id is never echoed.
+    let mut raw = Conn::open(server.addr()).unwrap();
+    use std::io::Write;
+    raw.stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: a\nb\r\n\r\n").unwrap();
+    let refused = raw.read_response().unwrap();
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.header("x-request-id"), None);
     for bad in ["x".repeat(129), "a\"b".to_string(), "has space".to_string()] {
         let r = request(server.addr(), "GET", "/healthz", &[&format!("X-Request-ID: {bad}")], b"").unwrap();
         let id = r.header("x-request-id").unwrap();
