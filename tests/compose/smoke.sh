@@ -20,16 +20,21 @@
 #   5. Cleanup, also on failure or interruption: compose down -v, temporary files, the copied binary, the smoke
 #      image, and dockerd if this script started it. Stand-in images stay (cache).
 #
+# Opt-in (SMOKE_BUILD_STAGES=1, about 10 more minutes): also the Dockerfile's default path, offline: a stand-in for
+# the rust image made of the host's toolchain and crate cache, the build stage compiling the prod image, the test
+# stage, and `compose/dev.yml run --rm api-test` running the whole suite in it.
+#
 # Ends with "N passed, N failed"; exit status 0 only if nothing failed.
-# Knobs: SMOKE_TIMEOUT (whole run, seconds, default 1200), DEBIAN_MIRROR (default http://deb.debian.org/debian),
-# SMOKE_REBUILD_STANDINS=1 (ignore the cached stand-ins).
+# Knobs: SMOKE_TIMEOUT (whole run, seconds, default 1200; 2400 with SMOKE_BUILD_STAGES), DEBIAN_MIRROR (default
+# http://deb.debian.org/debian), SMOKE_REBUILD_STANDINS=1 (ignore the cached stand-ins), SMOKE_BUILD_STAGES=1.
 set -uo pipefail
 
 if [ -z "${SMOKE_WATCHDOG:-}" ]; then
     # A hard bound on the whole run. On expiry timeout(1) sends TERM to this script's process group; the EXIT
     # trap below still cleans up.
     export SMOKE_WATCHDOG=1
-    exec timeout -s TERM -k 90 "${SMOKE_TIMEOUT:-1200}" bash "$0" "$@"
+    if [ -n "${SMOKE_BUILD_STAGES:-}" ]; then default_timeout=2400; else default_timeout=1200; fi
+    exec timeout -s TERM -k 90 "${SMOKE_TIMEOUT:-$default_timeout}" bash "$0" "$@"
 fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -42,6 +47,9 @@ DEBIAN_IMAGE=debian:12.11-slim
 POSTGRES_IMAGE=postgres:16.9-bookworm
 NGINX_IMAGE=nginx:1.28.0-bookworm
 API_IMAGE=prefork-api:smoke
+# SMOKE_BUILD_STAGES only: images built by the Dockerfile's build and test stages.
+BUILT_IMAGE=prefork-api:smoke-built
+TEST_IMAGE=prefork-api-test:smoke
 PROJECT=prefork-smoke
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
@@ -51,6 +59,9 @@ STARTED_DOCKERD_PID=
 STACK_UP=
 TMP=$(mktemp -d /tmp/compose-smoke.XXXXXX)
 T0=$(date +%s)
+# The run's own stdout and stderr, for the traps: a signal can arrive while a function runs with its output
+# redirected to a file, and bash runs the trap with that redirection still in place.
+exec 3>&1 4>&2
 
 log() { printf '[smoke %4ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
 pass() { PASSED=$((PASSED + 1)); log "PASS: $*"; }
@@ -68,27 +79,37 @@ pick_docker() {
 }
 pick_docker
 
+# compose ARGS...: the stack's compose files, bounded by CT seconds (default 180).
 compose() {
     local files=(-f compose/prod.yml -f "$HERE/standin.override.yml")
     [ -n "${WITH_DEBUG_API:-}" ] && files+=(-f "$HERE/debug-api.override.yml")
-    "${COMPOSE[@]}" -p "$PROJECT" "${files[@]}" "$@"
+    timeout "${CT:-180}" "${COMPOSE[@]}" -p "$PROJECT" "${files[@]}" "$@"
 }
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    exec 1>&3 2>&4
     log "cleanup"
     [ -n "${LOAD_PIDS:-}" ] && kill $LOAD_PIDS 2>/dev/null
     [ -n "${SLOW_PID:-}" ] && kill "$SLOW_PID" 2>/dev/null
+    if [ -n "${CARGO_PID:-}" ]; then
+        kill "$CARGO_PID" 2>/dev/null
+        wait "$CARGO_PID" 2>/dev/null
+    fi
     if [ -n "$STACK_UP" ]; then
-        if [ "$FAILED" -gt 0 ]; then
+        unset WITH_DEBUG_API
+        if [ "$FAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
             log "service logs (tail) of the failed run:"
-            timeout 30 "${COMPOSE[@]}" -p "$PROJECT" -f compose/prod.yml -f "$HERE/standin.override.yml" \
-                logs --no-color --tail=25 2>&1 | cut -c1-400 | sed 's/^/    /'
+            CT=30 compose logs --no-color --tail=25 2>&1 | cut -c1-400 | sed 's/^/    /'
         fi
-        WITH_DEBUG_API=1 SMOKE_API_PORT=${SMOKE_API_PORT:-1} timeout 120 \
-            bash -c "$(declare -f compose); $(declare -p COMPOSE HERE PROJECT); compose --profile ops down -v --remove-orphans --timeout 10" \
-            >"$TMP/down.log" 2>&1 || { log "compose down failed:"; tail -5 "$TMP/down.log"; }
+        # --remove-orphans also takes the one-off backup containers and the debug api variant.
+        CT=120 compose --profile ops down -v --remove-orphans --timeout 10 >"$TMP/down.log" 2>&1 ||
+            { log "compose down failed:"; tail -5 "$TMP/down.log"; }
+    fi
+    if [ -n "${SMOKE_BUILD_STAGES:-}" ] && [ -n "${DOCKER:-}" ]; then
+        timeout 60 "${COMPOSE[@]}" -p "$PROJECT-dev" -f compose/dev.yml down -v --remove-orphans >/dev/null 2>&1
+        timeout 60 "$DOCKER" image rm -f "$BUILT_IMAGE" "$TEST_IMAGE" >/dev/null 2>&1
     fi
     [ -n "${DOCKER:-}" ] && timeout 60 "$DOCKER" image rm -f "$API_IMAGE" >/dev/null 2>&1
     rm -f "$ROOT/docker/prebuilt/supervisor"
@@ -109,7 +130,7 @@ cleanup() {
     exit 1
 }
 trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+trap 'exec 1>&3 2>&4; log "interrupted"; exit 130' INT TERM
 
 # Stops the run: the remaining checks depend on this step.
 abort() {
@@ -127,7 +148,10 @@ apt_install() {
 
 ensure_engine() {
     local missing=()
-    [ -n "${DOCKER:-}" ] && command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    # An engine is needed unless one already answers (possibly without a local dockerd binary).
+    if [ -z "${DOCKER:-}" ] || { ! command -v dockerd >/dev/null 2>&1 && ! timeout 20 "$DOCKER" info >/dev/null 2>&1; }; then
+        missing+=(docker.io)
+    fi
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     if ! command -v docker-compose >/dev/null 2>&1 && ! { [ -n "${DOCKER:-}" ] && "$DOCKER" compose version >/dev/null 2>&1; }; then
@@ -147,7 +171,9 @@ ensure_engine() {
         return 0
     fi
     log "starting dockerd (log: $TMP/dockerd.log)"
-    dockerd >"$TMP/dockerd.log" 2>&1 &
+    # Its own session, so that the watchdog's signal to this script's process group does not stop the engine
+    # before cleanup has taken the stack down; cleanup stops it by pid.
+    setsid dockerd >"$TMP/dockerd.log" 2>&1 </dev/null &
     STARTED_DOCKERD_PID=$!
     local deadline=$(($(date +%s) + 60))
     until timeout 10 "$DOCKER" info >/dev/null 2>&1; do
@@ -164,17 +190,29 @@ ensure_engine || abort "a Docker engine is running"
 log "docker: $("$DOCKER" version --format '{{.Server.Version}}' 2>/dev/null), compose: ${COMPOSE[*]} $("${COMPOSE[@]}" version --short 2>/dev/null)"
 
 # ----------------------------------------------------------------------------------- 2. base image stand-ins
-# A stand-in is rebuilt when its recipe (the files under standins/NAME) changes: the recipe's hash is a label.
+# A stand-in carries its recipe's hash (the files under standins/NAME) in the label smoke.recipe and is rebuilt
+# when the recipe changes. An image under the pinned tag without that label is the real one (pulled or loaded):
+# it is used as it is and never overwritten.
 recipe_hash() { (cd "$HERE/standins" && find "$@" -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16); }
 cached() { # IMAGE HASH
-    [ -z "${SMOKE_REBUILD_STANDINS:-}" ] &&
-        [ "$("$DOCKER" image inspect -f '{{index .Config.Labels "smoke.recipe"}}' "$1" 2>/dev/null)" = "$2" ]
+    local label
+    "$DOCKER" image inspect "$1" >/dev/null 2>&1 || return 1
+    label=$("$DOCKER" image inspect -f '{{index .Config.Labels "smoke.recipe"}}' "$1" 2>/dev/null)
+    case $label in
+        "" | "<no value>") log "using $1 as found (not a stand-in)"; return 0 ;;
+        "$2") [ -z "${SMOKE_REBUILD_STANDINS:-}" ] && log "cached: $1" ;;
+        *) return 1 ;;
+    esac
 }
 
 build_debian_base() {
-    if [ -z "${SMOKE_REBUILD_STANDINS:-}" ] && "$DOCKER" image inspect "$DEBIAN_IMAGE" >/dev/null 2>&1; then
-        log "cached: $DEBIAN_IMAGE"
-        return 0
+    local label
+    if "$DOCKER" image inspect "$DEBIAN_IMAGE" >/dev/null 2>&1; then
+        label=$("$DOCKER" image inspect -f '{{index .Config.Labels "smoke.recipe"}}' "$DEBIAN_IMAGE" 2>/dev/null)
+        case $label in
+            "" | "<no value>") log "using $DEBIAN_IMAGE as found (not a stand-in)"; return 0 ;;
+            *) [ -z "${SMOKE_REBUILD_STANDINS:-}" ] && { log "cached: $DEBIAN_IMAGE"; return 0; } ;;
+        esac
     fi
     command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap || return 1
     log "building $DEBIAN_IMAGE: debootstrap --variant=minbase bookworm ($DEBIAN_MIRROR)"
@@ -190,6 +228,7 @@ EOF
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
     timeout 300 tar -C "$rootfs" -c . | timeout 300 "$DOCKER" import \
         -c 'CMD ["bash"]' -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        -c 'LABEL smoke.recipe=debootstrap-minbase-bookworm' \
         -m "stand-in for $DEBIAN_IMAGE: debootstrap minbase bookworm" - "$DEBIAN_IMAGE" >/dev/null || return 1
     rm -rf "$rootfs"
 }
@@ -197,14 +236,17 @@ EOF
 build_standin() { # IMAGE DIR
     local image=$1 dir=$2 hash
     hash=$(recipe_hash "$dir")
-    if cached "$image" "$hash"; then
-        log "cached: $image"
-        return 0
-    fi
+    cached "$image" "$hash" && return 0
     log "building the stand-in $image from tests/compose/standins/$dir"
     DOCKER_BUILDKIT=1 timeout 600 "$DOCKER" build --build-arg BASE="$DEBIAN_IMAGE" --label smoke.recipe="$hash" \
         -t "$image" "$HERE/standins/$dir" >"$TMP/build-$dir.log" 2>&1 || { tail -20 "$TMP/build-$dir.log"; return 1; }
 }
+
+# The host build (CPU) runs while the base images are made (mostly network and disk).
+log "cargo build --release --locked --bin supervisor (host, in the background; log $TMP/cargo.log)"
+t_cargo=$(date +%s)
+timeout 1200 cargo build --release --locked --bin supervisor >"$TMP/cargo.log" 2>&1 &
+CARGO_PID=$!
 
 t=$(date +%s)
 build_debian_base || abort "stand-in $DEBIAN_IMAGE"
@@ -213,12 +255,10 @@ build_standin "$NGINX_IMAGE" nginx || abort "stand-in $NGINX_IMAGE"
 log "base images ready in $(($(date +%s) - t)) s"
 
 # ---------------------------------------------------------------------------------------------- 3. API image
-t=$(date +%s)
-log "cargo build --release --locked --bin supervisor (host)"
-timeout 1200 cargo build --release --locked --bin supervisor >"$TMP/cargo.log" 2>&1 ||
-    { tail -20 "$TMP/cargo.log"; abort "host release build"; }
+wait "$CARGO_PID" || { tail -20 "$TMP/cargo.log"; abort "host release build (cargo build --release)"; }
+CARGO_PID=
 install -m 0755 target/release/supervisor docker/prebuilt/supervisor
-log "release binary ready in $(($(date +%s) - t)) s"
+log "release binary ready, $(($(date +%s) - t_cargo)) s after the build started"
 t=$(date +%s)
 DOCKER_BUILDKIT=1 timeout 300 "$DOCKER" build -f docker/Dockerfile --target prod \
     --build-arg SUPERVISOR_BINARY=prebuilt -t "$API_IMAGE" . >"$TMP/build-api.log" 2>&1 ||
@@ -238,16 +278,22 @@ export COMPOSE_PROJECT_NAME=$PROJECT API_IMAGE DB_PASSWORD_FILE=$TMP/db_password
     EDGE_HTTP_BIND=127.0.0.1 EDGE_HTTP_PORT=$EDGE_PORT SMOKE_API_PORT
 
 # Leftovers of an interrupted earlier run.
-WITH_DEBUG_API=1 timeout 120 bash -c "$(declare -f compose); $(declare -p COMPOSE HERE PROJECT); compose --profile ops down -v --remove-orphans --timeout 5" >/dev/null 2>&1
+CT=120 compose --profile ops down -v --remove-orphans --timeout 5 >/dev/null 2>&1
 
 container() { compose ps -q "$1" 2>/dev/null | head -1; }
+# logs_have CONTAINER PATTERN [SINCE]: grep a container's log. (Via a file: with pipefail, grep -q closing the
+# pipe early would make the pipeline fail.)
+logs_have() {
+    "$DOCKER" logs ${3:+--since "$3"} "$1" >"$TMP/logs.txt" 2>&1
+    grep -q -- "$2" "$TMP/logs.txt"
+}
 health() { "$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$1" 2>/dev/null; }
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
 
 log "compose up (edge on $EDGE)"
 t=$(date +%s)
 STACK_UP=1
-timeout 180 compose up -d --no-build >"$TMP/up.log" 2>&1 || { cat "$TMP/up.log"; }
+CT=180 compose up -d --no-build >"$TMP/up.log" 2>&1 || cat "$TMP/up.log"
 deadline=$((t + 120))
 ok=
 while [ "$(date +%s)" -lt "$deadline" ]; do
@@ -274,8 +320,8 @@ check "2. GET /healthz through the edge: 200 {\"status\":\"ok\"}" \
     test "$(curl -s --max-time 5 -w ' %{http_code}' "$EDGE/healthz")" = '{"status":"ok"} 200'
 check "2. /readyz is not reachable through the edge (403)" test "$(http_code "$EDGE/readyz")" = 403
 check "2. /metrics is not reachable through the edge (403)" test "$(http_code "$EDGE/metrics")" = 403
-check "2. /readyz answers 200 inside the network (supervisor healthcheck in the api container)" \
-    timeout 20 compose exec -T api supervisor healthcheck http://127.0.0.1:8000/readyz
+readyz_inside() { CT=20 compose exec -T api supervisor healthcheck http://127.0.0.1:8000/readyz; }
+check "2. /readyz answers 200 inside the network (supervisor healthcheck in the api container)" readyz_inside
 
 # json FILE EXPR: evaluate a Python expression over the parsed JSON document `j`.
 json() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$@" 2>/dev/null; }
@@ -284,9 +330,11 @@ code=$(curl -s --max-time 5 -o "$TMP/created.json" -w '%{http_code}' -X POST -H 
     -d '{"name":"smoke item","quantity":3}' "$EDGE/api/items")
 ITEM_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$TMP/created.json" 2>/dev/null)
 check "2. POST /api/items through the edge: 201 with an id" test "$code" = 201 -a -n "$ITEM_ID"
-code=$(curl -s --max-time 5 -o "$TMP/got.json" -w '%{http_code}' "$EDGE/api/items/$ITEM_ID")
-check "2. GET /api/items/{id} through the edge: 200, same item" \
-    eval 'test "$code" = 200 && json "$TMP/got.json" "j[\"id\"] == \"$ITEM_ID\" and j[\"name\"] == \"smoke item\" and j[\"quantity\"] == 3"'
+get_item() {
+    [ "$(curl -s --max-time 5 -o "$TMP/got.json" -w '%{http_code}' "$EDGE/api/items/$ITEM_ID")" = 200 ] &&
+        json "$TMP/got.json" "j['id'] == '$ITEM_ID' and j['name'] == 'smoke item' and j['quantity'] == 3"
+}
+check "2. GET /api/items/{id} through the edge: 200, same item" get_item
 
 # A burst above the /api/ zone's burst (20 by default), on one keep-alive connection; each answer is kept.
 burst_args=()
@@ -346,11 +394,11 @@ item_url=$EDGE/api/items/$ITEM_ID
 ) &
 LOAD_PIDS="$LOAD_PIDS $!"
 sleep 3
-hup_since=$(date -u +%Y-%m-%dT%H:%M:%S)
-timeout 20 compose kill -s HUP api >/dev/null 2>&1
+hup_since=$(date +%s)
+CT=20 compose kill -s HUP api >/dev/null 2>&1
 reloaded=
 for _ in $(seq 60); do
-    if "$DOCKER" logs --since "$hup_since" "$API" 2>&1 | grep -q '"reload complete'; then reloaded=1; break; fi
+    if logs_have "$API" '"reload complete' "$hup_since"; then reloaded=1; break; fi
     sleep 0.5
 done
 sleep 4
@@ -378,7 +426,7 @@ for i in 1 2 3 4 5; do
 done
 # An expired dump (older than BACKUP_RETENTION_DAYS, 14) that the job must delete, and a foreign file it must keep.
 touch -d '30 days ago' "$TMP/backups/app-20000101T000000Z.dump" "$TMP/backups/keep-me.txt"
-timeout 120 compose --profile ops run --rm backup >"$TMP/backup.log" 2>&1
+CT=120 compose --profile ops run --rm backup >"$TMP/backup.log" 2>&1
 rc=$?
 dumps=$(cd "$TMP/backups" && ls -1 app-*.dump 2>/dev/null | grep -v '^app-20000101T000000Z.dump$')
 check "5. ops backup exits 0 and writes one timestamped dump ($dumps)" \
@@ -386,9 +434,9 @@ check "5. ops backup exits 0 and writes one timestamped dump ($dumps)" \
 check "5. the dump was verified with pg_restore -l" grep -q 'table of contents entries' "$TMP/backup.log"
 check "5. retention deleted the expired dump and kept the foreign file" \
     test ! -e "$TMP/backups/app-20000101T000000Z.dump" -a -e "$TMP/backups/keep-me.txt"
-timeout 120 compose --profile ops run --rm backup restore "$dumps" app_restore >"$TMP/restore.log" 2>&1
+CT=120 compose --profile ops run --rm backup restore "$dumps" app_restore >"$TMP/restore.log" 2>&1
 rc=$?
-rows() { timeout 20 compose exec -T db psql -U app -d "$1" -XAtc \
+rows() { CT=20 compose exec -T db psql -U app -d "$1" -XAtc \
     "SELECT count(*) || ' ' || md5(coalesce(string_agg(id || '|' || name || '|' || quantity || '|' || created_at, ',' ORDER BY id), '')) FROM items"; }
 orig=$(rows app)
 copy=$(rows app_restore)
@@ -399,16 +447,18 @@ check "5. restore into a fresh database: same rows (${orig%% *} items)" \
 # ---------------------------------------------------------------- 3. stop api with a slow request in flight
 # The api again, with the test-only slow route and a loopback port (debug-api.override.yml).
 export WITH_DEBUG_API=1
-timeout 120 compose up -d --no-build --no-deps api >"$TMP/up-debug.log" 2>&1 || cat "$TMP/up-debug.log"
+CT=120 compose up -d --no-build --no-deps api >"$TMP/up-debug.log" 2>&1 || cat "$TMP/up-debug.log"
 API=$(container api)
 for _ in $(seq 60); do [ "$(health "$API")" = healthy ] && break; sleep 1; done
-grace=$("$DOCKER" inspect -f '{{.Config.StopTimeout}}' "$API")
+# stop_grace_period of the api service in compose/prod.yml, in seconds (written as "40s").
+grace=$(awk '/^  [a-z-]+:$/ { api = ($1 == "api:") } api && $1 == "stop_grace_period:" { sub(/s$/, "", $2); print $2; exit }' \
+    compose/prod.yml)
 curl -s --max-time 60 -o "$TMP/slow.json" -w '%{http_code}' "http://127.0.0.1:$SMOKE_API_PORT/debug/sleep?ms=6000" \
     >"$TMP/slow.code" 2>/dev/null &
 SLOW_PID=$!
-for _ in $(seq 20); do "$DOCKER" logs "$API" 2>&1 | grep -q '"debug sleep"' && break; sleep 0.25; done
+for _ in $(seq 20); do logs_have "$API" '"debug sleep"' && break; sleep 0.25; done
 t=$(date +%s.%N)
-timeout 90 compose stop api >/dev/null 2>&1
+CT=90 compose stop api >/dev/null 2>&1
 stop_s=$(python3 -c "import sys; print(round($(date +%s.%N) - $t, 1))")
 wait "$SLOW_PID"
 SLOW_PID=
@@ -417,4 +467,53 @@ check "3. stop api with a slow request in flight: the request completes with 200
 check "3. the api exits 0 ($state) within its stop_grace_period (${stop_s} s of ${grace} s)" \
     python3 -c "import sys; sys.exit(0 if '$state' == 'exited 0 false' and $stop_s < ${grace:-0} else 1)"
 check "3. the stop waited for the request (${stop_s} s >= 3 s) and the master logged a graceful stop" \
-    eval 'python3 -c "import sys; sys.exit(0 if $stop_s >= 3 else 1)" && "$DOCKER" logs "$API" 2>&1 | grep -q "\"graceful stop\""'
+    eval 'python3 -c "import sys; sys.exit(0 if $stop_s >= 3 else 1)" && logs_have "$API" "\"graceful stop\""'
+
+# ------------------------------------------------------ 7. opt-in: the build and test stages, without network
+build_stages() {
+    local want have hash ctx sysroot registry part
+    want=$(sed -n 's/^FROM rust:\([0-9.]*\)-bookworm AS build$/\1/p' docker/Dockerfile)
+    have=$(rustc --version | cut -d' ' -f2)
+    if [ "$want" != "$have" ]; then
+        fail "7. build stages: the host's rustc $have is not the pinned rust:$want (rustup toolchain install $want)"
+        return
+    fi
+    # The stand-in holds the crates of Cargo.lock, so a new lock file means a new stand-in.
+    hash=$({ recipe_hash rust; sha256sum <Cargo.lock; echo "$have"; } | sha256sum | cut -c1-16)
+    if ! cached "rust:$want-bookworm" "$hash"; then
+        log "building the stand-in rust:$want-bookworm from the host's toolchain and crate cache"
+        timeout 600 cargo fetch --locked >"$TMP/fetch.log" 2>&1 || { tail -5 "$TMP/fetch.log"; fail "7. cargo fetch"; return; }
+        ctx=$TMP/rust-context
+        sysroot=$(rustc --print sysroot)
+        registry=${CARGO_HOME:-$HOME/.cargo}/registry
+        mkdir -p "$ctx/rust" "$ctx/cargo/registry"
+        for part in bin lib libexec etc; do
+            [ -e "$sysroot/$part" ] || continue
+            cp -al "$sysroot/$part" "$ctx/rust/" 2>/dev/null || cp -a "$sysroot/$part" "$ctx/rust/"
+        done
+        cp -a "$registry/cache" "$registry/index" "$ctx/cargo/registry/"
+        cp "$HERE/standins/rust/Dockerfile" "$ctx/"
+        DOCKER_BUILDKIT=1 timeout 600 "$DOCKER" build --build-arg BASE="$DEBIAN_IMAGE" --label smoke.recipe="$hash" \
+            -t "rust:$want-bookworm" "$ctx" >"$TMP/build-rust.log" 2>&1 ||
+            { tail -20 "$TMP/build-rust.log"; rm -rf "$ctx"; fail "7. stand-in rust:$want-bookworm"; return; }
+        rm -rf "$ctx"
+    fi
+    t=$(date +%s)
+    DOCKER_BUILDKIT=1 timeout 1200 "$DOCKER" build -f docker/Dockerfile --target prod -t "$BUILT_IMAGE" . \
+        >"$TMP/build-built.log" 2>&1 || tail -30 "$TMP/build-built.log"
+    check "7. docker build --target prod compiles in the build stage ($(($(date +%s) - t)) s) and the binary runs" \
+        timeout 60 "$DOCKER" run --rm "$BUILT_IMAGE" supervisor --version
+    t=$(date +%s)
+    DOCKER_BUILDKIT=1 timeout 1200 "$DOCKER" build -f docker/Dockerfile --target test -t "$TEST_IMAGE" . \
+        >"$TMP/build-test.log" 2>&1 || tail -30 "$TMP/build-test.log"
+    log "test stage built in $(($(date +%s) - t)) s"
+    API_TEST_IMAGE=$TEST_IMAGE timeout 1200 "${COMPOSE[@]}" -p "$PROJECT-dev" -f compose/dev.yml run --rm api-test \
+        >"$TMP/api-test.log" 2>&1
+    local rc=$?
+    grep -E '^test result:' "$TMP/api-test.log" | awk '{ p += $4; f += $6 } END { printf "[smoke] api-test ran %d tests, %d of them failing\n", p + f, f }'
+    [ "$rc" -eq 0 ] || grep -E 'FAILED|panicked' "$TMP/api-test.log" | head -20
+    check "7. compose/dev.yml run --rm api-test: the whole suite passes in the test stage" test "$rc" -eq 0
+}
+if [ -n "${SMOKE_BUILD_STAGES:-}" ]; then
+    build_stages
+fi
