@@ -92,7 +92,8 @@ fn an_outside_sigkill_is_named_and_the_worker_replaced() {
     assert!(failed <= 1, "{failed} failed requests");
 }
 
-// Acceptance 4: a stopped worker is killed after `timeout` of heartbeat silence, never before.
+// Acceptance 4: a stopped worker is killed after `timeout` of heartbeat silence, never before: the master allows
+// one heartbeat interval (timeout/4) on top, since the worker may have stopped just before its next stamp.
 #[test]
 fn a_silent_worker_is_killed_after_timeout_and_replaced() {
     let server = Server::start_ready("timeout = 2", "", 2);
@@ -103,8 +104,9 @@ fn a_silent_worker_is_killed_after_timeout_and_replaced() {
         l["worker_pid"].as_i64() == Some(victim as i64) && field(l, "reason") == "timeout"
     });
     let took = stopped_at.elapsed();
+    assert!(took >= Duration::from_secs(2), "killed {took:?} after it stopped, before the timeout");
     assert!(took < Duration::from_millis(3500), "killed after {took:?}");
-    assert!(line["silence_ms"].as_u64().unwrap() >= 2000, "not before 2 s of silence: {line}");
+    assert!(line["silence_ms"].as_u64().unwrap() >= 2500, "not before timeout + interval of silence: {line}");
     wait_for(Duration::from_secs(2), "victim gone", || (!alive(victim)).then_some(()));
     server.wait_workers_ready(2);
 }
@@ -123,9 +125,10 @@ fn a_request_blocking_the_runtime_is_named_when_its_worker_times_out() {
     assert_eq!(field(&line, "request_id"), "blocker-42", "{line}");
     assert_eq!(field(&line, "request_path"), "/debug/block");
     assert_eq!(field(&line, "request_method"), "GET");
-    assert!(line["silence_ms"].as_u64().unwrap() >= 2000, "{line}");
-    // The request began at most one heartbeat interval (timeout/4) after the last stamp.
-    assert!(line["request_age_ms"].as_u64().unwrap() >= 1500, "{line}");
+    assert!(line["silence_ms"].as_u64().unwrap() >= 2500, "{line}");
+    // The request began at most one heartbeat interval (timeout/4) after the last stamp: it has blocked the
+    // runtime for at least `timeout`.
+    assert!(line["request_age_ms"].as_u64().unwrap() >= 2000, "{line}");
     assert!(blocked.join().unwrap().is_err(), "the blocked request's connection died with its worker");
     server.wait_workers_ready(1);
     assert_eq!(get(server.addr(), "/healthz").unwrap().status, 200);

@@ -66,8 +66,11 @@ pub enum ExitHow {
 pub struct Policy {
     /// Workers to keep running.
     pub workers: usize,
-    /// Heartbeat silence after which a ready worker is killed.
+    /// Heartbeat silence after which a ready worker is killed (plus one `heartbeat` interval, see
+    /// [`Policy::silence_limit`]).
     pub timeout: Nanos,
+    /// How often a worker stamps its heartbeat.
+    pub heartbeat: Nanos,
     /// Drain time granted to a retiring worker, and to all workers on a graceful stop.
     pub graceful_timeout: Nanos,
     /// Time a new worker has to become ready.
@@ -80,9 +83,17 @@ impl Policy {
         Policy {
             workers: settings.workers,
             timeout: settings.timeout.as_nanos() as Nanos,
+            heartbeat: settings.heartbeat_interval().as_nanos() as Nanos,
             graceful_timeout: settings.graceful_timeout.as_nanos() as Nanos,
             boot_timeout: settings.boot_timeout.as_nanos() as Nanos,
         }
+    }
+
+    /// The heartbeat silence beyond which a ready worker is killed. A worker that hangs has last stamped up
+    /// to one interval earlier, so allowing `timeout` plus that interval kills it between `timeout` and
+    /// `timeout + interval` after it really stopped: never early.
+    pub fn silence_limit(&self) -> Nanos {
+        self.timeout + self.heartbeat
     }
 }
 
@@ -435,7 +446,7 @@ impl State {
             match (w.ready, w.kill) {
                 (_, Some(_)) => {}
                 (None, None) => at(w.spawned + policy.boot_timeout + MS),
-                (Some(_), None) => at(board.view(w.slot).heartbeat_ns + policy.timeout + MS),
+                (Some(_), None) => at(board.view(w.slot).heartbeat_ns + policy.silence_limit() + MS),
             }
             if let Some((_, deadline)) = w.retire {
                 at(deadline);
@@ -853,7 +864,7 @@ impl State {
                     w.kill = Some(KillReason::BootTimeout);
                     actions.push(Action::Kill { pid: w.pid, signal: Signal::SIGKILL });
                 }
-                Some(_) if own && now.saturating_sub(view.heartbeat_ns) > policy.timeout => {
+                Some(_) if own && now.saturating_sub(view.heartbeat_ns) > policy.silence_limit() => {
                     log_timeout(w, &view, now, policy.timeout);
                     w.kill = Some(KillReason::Timeout);
                     actions.push(Action::Kill { pid: w.pid, signal: Signal::SIGKILL });
@@ -1081,7 +1092,8 @@ mod tests {
         }
     }
 
-    const POLICY: Policy = Policy { workers: 2, timeout: 2 * SEC, graceful_timeout: 3 * SEC, boot_timeout: 5 * SEC };
+    const POLICY: Policy =
+        Policy { workers: 2, timeout: 2 * SEC, heartbeat: SEC / 2, graceful_timeout: 3 * SEC, boot_timeout: 5 * SEC };
 
     /// Drives a state machine, performing spawns with made-up pids.
     struct Harness {
@@ -1238,10 +1250,15 @@ mod tests {
         let other_slot = h.slot_of(other);
         // The sleep the master asks for ends just after the deadline.
         let sleep = h.state.sleep_for(h.now, &h.board);
-        assert!(sleep <= POLICY.timeout + MS);
-        h.now = last_beat + POLICY.timeout;
+        assert!(sleep <= POLICY.timeout + POLICY.heartbeat + MS);
+        // The worker may have hung just before it would have stamped again: at `timeout` it is not yet
+        // `timeout` since it stopped.
+        h.now = last_beat + POLICY.timeout + MS;
         h.board.set(other_slot, other, SlotState::Ready, h.now);
-        assert!(kills(&h.handle(Event::Tick)).is_empty(), "exactly at the timeout: not yet");
+        assert!(kills(&h.handle(Event::Tick)).is_empty(), "past the timeout but within one interval: not yet");
+        h.now = last_beat + POLICY.timeout + POLICY.heartbeat;
+        h.board.set(other_slot, other, SlotState::Ready, h.now);
+        assert!(kills(&h.handle(Event::Tick)).is_empty(), "exactly at the limit: not yet");
         h.now += MS;
         assert_eq!(kills(&h.handle(Event::Tick)), [(pid, Signal::SIGKILL)]);
         h.handle(Event::Exited { pid, how: ExitHow::Signal(Signal::SIGKILL as i32) });
@@ -1314,7 +1331,7 @@ mod tests {
         let slot = h.slot_of(victim);
         h.now += 10 * SEC;
         h.beat();
-        h.board.set(slot, victim, SlotState::Ready, h.now - POLICY.timeout - MS);
+        h.board.set(slot, victim, SlotState::Ready, h.now - POLICY.silence_limit() - MS);
         h.handle(Event::Tick);
         h.handle(Event::Exited { pid: victim, how: ExitHow::Signal(Signal::SIGKILL as i32) });
         assert_eq!(reason(&h, RestartReason::Timeout), 1, "our own timeout kill is not an outside kill");
