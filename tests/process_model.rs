@@ -16,6 +16,7 @@ const SIGTERM: i32 = libc::SIGTERM;
 const SIGTTIN: i32 = libc::SIGTTIN;
 const SIGTTOU: i32 = libc::SIGTTOU;
 const SIGUSR2: i32 = libc::SIGUSR2;
+const SIGCONT: i32 = libc::SIGCONT;
 
 /// Sends requests with distinct ids on fresh connections until `n` distinct worker pids have answered.
 fn pids_answering(server: &Server, n: usize) -> BTreeSet<i32> {
@@ -90,6 +91,38 @@ fn an_outside_sigkill_is_named_and_the_worker_replaced() {
     assert!(ok > 0, "the client kept being served");
     // Sequential client: at most the one request that the victim had accepted can fail.
     assert!(failed <= 1, "{failed} failed requests");
+}
+
+// A burst of connections spreads over the workers instead of piling onto whichever worker runs first: a worker
+// holding more than its share leaves the next connections to its siblings. (SPEC section 2: workers share the
+// listening socket; the skew would otherwise show as tail latency on the crowded worker.)
+#[test]
+fn a_burst_of_connections_spreads_over_the_workers() {
+    const BURST: usize = 40;
+    let server = Server::start_ready("workers = 2", "", 2);
+    let workers = server.workers();
+    let (first, second) = (workers[0], workers[1]);
+    // Both workers stopped: the burst waits in the backlog. Then only the first may run, as when its sibling
+    // is busy elsewhere; without balancing it takes the whole queue at once.
+    signal(first, SIGSTOP);
+    signal(second, SIGSTOP);
+    let conns: Vec<Conn> = (0..BURST).map(|_| Conn::open(server.addr()).expect("connect")).collect();
+    signal(first, SIGCONT);
+    let early = wait_for(Duration::from_secs(5), "the first worker accepting", || {
+        let n = accepted_connections(first, server.port);
+        (n > 0).then_some(n)
+    });
+    signal(second, SIGCONT);
+    let split = wait_for(Duration::from_secs(10), "every connection accepted", || {
+        let split = [accepted_connections(first, server.port), accepted_connections(second, server.port)];
+        (split.iter().sum::<usize>() == BURST).then_some(split)
+    });
+    assert!(early < BURST, "the first worker took the whole burst before its sibling could run");
+    assert!(split.iter().all(|&n| n >= BURST / 4), "connections per worker: {split:?}");
+    // The spread connections are served.
+    for mut conn in conns.into_iter().take(4) {
+        assert_eq!(conn.get("/healthz").unwrap().status, 200);
+    }
 }
 
 // Acceptance 4: a stopped worker is killed after `timeout` of heartbeat silence, never before: the master allows

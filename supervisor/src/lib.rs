@@ -5,6 +5,7 @@
 //! module; everything else is safe Rust.
 #![deny(unsafe_code)]
 
+mod balance;
 pub mod cpus;
 mod listen;
 pub mod logging;

@@ -76,6 +76,7 @@ const STATE: usize = 2;
 const HEARTBEAT: usize = 3;
 const REQUESTS: usize = 4;
 const IN_FLIGHT: usize = 5;
+const CONNECTIONS: usize = 6;
 const GAUGES: usize = 8;
 /// Gauges each worker can publish for aggregation (see [`Slot::set_gauge`]).
 pub const GAUGE_COUNT: usize = 4;
@@ -160,6 +161,17 @@ impl Scoreboard {
     pub fn slot(&self, index: usize) -> Slot {
         assert!(index < self.slots, "slot {index} out of range");
         Slot { words: &self.words[index * SLOT_WORDS..(index + 1) * SLOT_WORDS], index }
+    }
+
+    /// The open connections of every other worker that is accepting (`Ready`) and has stamped its heartbeat
+    /// at or after `fresh_since_ns`: the peers a worker shares the listening sockets with.
+    pub fn peer_connections(&self, me: usize, fresh_since_ns: u64) -> impl Iterator<Item = u64> + '_ {
+        (0..self.slots).filter(move |&i| i != me).filter_map(move |i| {
+            let slot = self.slot(i);
+            let live =
+                slot.state() == SlotState::Ready && slot.words[HEARTBEAT].load(Ordering::Acquire) >= fresh_since_ns;
+            live.then(|| slot.connections())
+        })
     }
 }
 
@@ -260,6 +272,17 @@ impl Slot {
         self.words[REQUESTS].load(Ordering::Relaxed)
     }
 
+    /// Client connections this worker holds open.
+    pub fn connections(&self) -> u64 {
+        self.words[CONNECTIONS].load(Ordering::Relaxed)
+    }
+
+    /// Worker: a client connection was accepted. The returned guard records its end when dropped.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.words[CONNECTIONS].fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard { slot: *self }
+    }
+
     /// Worker: a request starts. The returned guard records its end when dropped (also on panic).
     pub fn request_started(&self, method: &str, path: &str, label: &str, now_ns: u64) -> RequestGuard {
         self.words[IN_FLIGHT].fetch_add(1, Ordering::Relaxed);
@@ -322,6 +345,17 @@ impl Slot {
             path: parts.next().unwrap_or_default(),
             label: parts.next().unwrap_or_default(),
         })
+    }
+}
+
+/// Marks the end of a connection in the scoreboard when dropped.
+pub struct ConnectionGuard {
+    slot: Slot,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.slot.words[CONNECTIONS].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -406,5 +440,26 @@ mod tests {
         let r = &slot.view().requests_in_flight[0];
         assert!(r.path.len() <= PATH_MAX && r.path.starts_with("/é/é"));
         assert_eq!(r.label.len(), LABEL_MAX);
+    }
+
+    #[test]
+    fn peers_are_the_other_ready_workers_with_a_fresh_heartbeat() {
+        let board = Scoreboard::new(4).unwrap();
+        let guards: Vec<_> = [(SlotState::Ready, 100, 3), (SlotState::Ready, 100, 5), (SlotState::Ready, 10, 7)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (state, beat, conns))| {
+                let slot = board.slot(i);
+                slot.prepare(1, beat);
+                slot.set_state(state);
+                (0..conns).map(|_| slot.connection_opened()).collect::<Vec<_>>()
+            })
+            .collect();
+        board.slot(3).prepare(2, 100); // booting: not accepting yet
+        let peers: Vec<u64> = board.peer_connections(0, 50).collect();
+        assert_eq!(peers, [5], "not itself, not the silent one, not the booting one");
+        assert_eq!(board.slot(1).connections(), 5);
+        drop(guards);
+        assert_eq!(board.slot(1).connections(), 0, "closing connections counts them down");
     }
 }

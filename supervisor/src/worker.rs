@@ -20,9 +20,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::scoreboard::{Slot, SlotState};
+use crate::scoreboard::{Scoreboard, Slot, SlotState};
 use crate::service::{Request, Service, WorkerApp};
-use crate::{Settings, sys};
+use crate::{Settings, balance, sys};
 
 /// Exit code of a worker whose application failed to boot.
 pub const EXIT_BOOT_FAILED: i32 = 3;
@@ -31,7 +31,7 @@ pub const EXIT_SETUP_FAILED: i32 = 4;
 
 /// Everything a worker needs, handed over by the master at fork.
 pub(crate) struct WorkerStart {
-    pub board: crate::scoreboard::Scoreboard,
+    pub board: Scoreboard,
     pub slot: Slot,
     pub generation: u64,
     pub settings: Arc<Settings>,
@@ -105,12 +105,14 @@ async fn serve_worker(start: WorkerStart) -> i32 {
     tokio::spawn(heartbeat(slot, start.settings.heartbeat_interval(), Some(master)));
 
     let limit = request_limit(&start.settings);
-    let serving = Serving { slot, settings: &start.settings, limit, master_pipe: start.ready_fd.clone() };
+    let serving =
+        Serving { board: start.board, slot, settings: &start.settings, limit, master_pipe: start.ready_fd.clone() };
     boot_and_serve(start.app.as_ref(), start.listeners, serving, signals).await
 }
 
 /// How a booted application is served in this process.
 struct Serving<'a> {
+    board: Scoreboard,
     slot: Slot,
     settings: &'a Settings,
     /// Request budget (0: unlimited).
@@ -155,7 +157,7 @@ async fn boot_and_serve(
 /// stops gracefully on SIGTERM and at once on SIGINT/SIGQUIT. Used for debugging and as a benchmark baseline.
 pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<i32, crate::MasterError> {
     let listeners = crate::listen::bind_all(&settings.bind, settings.backlog)?;
-    let board = crate::scoreboard::Scoreboard::new(1).map_err(crate::MasterError::Scoreboard)?;
+    let board = Scoreboard::new(1).map_err(crate::MasterError::Scoreboard)?;
     let slot = board.slot(0);
     slot.prepare(0, sys::monotonic_ns());
     slot.set_pid(std::process::id() as i32);
@@ -176,7 +178,7 @@ pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<
             }
         };
         tokio::spawn(reopen);
-        let serving = Serving { slot, settings: &settings, limit: 0, master_pipe: None };
+        let serving = Serving { board, slot, settings: &settings, limit: 0, master_pipe: None };
         boot_and_serve(app.as_ref(), listeners, serving, signals).await
     });
     runtime.shutdown_background();
@@ -266,7 +268,10 @@ async fn heartbeat(slot: Slot, every: Duration, master: Option<i32>) {
 /// Per-connection context shared by the accept loops.
 struct Conn {
     service: Arc<dyn Service>,
+    board: Scoreboard,
     slot: Slot,
+    /// A sibling whose heartbeat is older than this is not counted as accepting (see [`balance`]).
+    peer_silence: Duration,
     builder: http1::Builder,
     limit: u64,
     /// Set when the worker starts draining: every response from then on carries `Connection: close`.
@@ -279,6 +284,21 @@ struct Conn {
 }
 
 impl Conn {
+    /// Waits, at most [`balance::MAX_DEFER`], while this worker holds more than its share of the connections
+    /// so that a sibling takes the next one.
+    async fn wait_turn(&self) {
+        let deadline = tokio::time::Instant::now() + balance::MAX_DEFER;
+        while self.over_share() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(balance::RECHECK).await;
+        }
+    }
+
+    fn over_share(&self) -> bool {
+        let fresh_since = sys::monotonic_ns().saturating_sub(self.peer_silence.as_nanos() as u64);
+        let peers = self.board.peer_connections(self.slot.index(), fresh_since);
+        balance::over_share(self.slot.connections(), peers)
+    }
+
     /// Called after each request: at the request limit, stop taking new connections, close keep-alive
     /// connections after their next response, and ask the master for a replacement. The master drains this
     /// worker once the replacement is ready, so the limit is exact and no request is refused.
@@ -307,15 +327,24 @@ async fn serve(
     serving: Serving<'_>,
     mut signals: StopSignals,
 ) -> Stop {
-    let Serving { slot, settings, limit, master_pipe } = serving;
+    let Serving { board, slot, settings, limit, master_pipe } = serving;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout())
         .keep_alive(!settings.keepalive.is_zero());
     let (stop_accepting, stop_rx) = watch::channel(None);
-    let conn =
-        Arc::new(Conn { service, slot, builder, limit, draining: AtomicBool::new(false), stop_accepting, master_pipe });
+    let conn = Arc::new(Conn {
+        service,
+        board,
+        slot,
+        peer_silence: 2 * settings.heartbeat_interval(),
+        builder,
+        limit,
+        draining: AtomicBool::new(false),
+        stop_accepting,
+        master_pipe,
+    });
     let graceful = Arc::new(GracefulShutdown::new());
     let loops: Vec<_> = listeners
         .into_iter()
@@ -361,7 +390,7 @@ async fn accept_loop(
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
+            accepted = async { conn.wait_turn().await; listener.accept().await } => match accepted {
                 Ok((stream, peer)) => spawn_connection(stream, peer, &conn, &graceful),
                 Err(error) => accept_failed(error).await,
             },
@@ -392,6 +421,7 @@ async fn accept_failed(error: std::io::Error) {
 
 fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<Conn>, graceful: &GracefulShutdown) {
     let _ = stream.set_nodelay(true);
+    let open = conn.slot.connection_opened();
     let ctx = conn.clone();
     let service = hyper::service::service_fn(move |mut req: Request| {
         let label = ctx.service.label(&mut req).unwrap_or_default();
@@ -416,5 +446,6 @@ fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<
         if let Err(error) = connection.await {
             tracing::debug!(error = %error, peer = %peer, "connection ended with an error");
         }
+        drop(open);
     });
 }

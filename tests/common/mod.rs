@@ -317,22 +317,37 @@ pub fn alive(pid: i32) -> bool {
 
 /// Inodes of the TCP sockets a process has open that are listening on `port`.
 pub fn listening_inodes(pid: i32, port: u16) -> Vec<u64> {
-    let listening: Vec<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
+    sockets_of(pid, &tcp_inodes(port, "0A"))
+}
+
+/// Client connections to `port` that the process has accepted and holds open.
+pub fn accepted_connections(pid: i32, port: u16) -> usize {
+    sockets_of(pid, &tcp_inodes(port, "01")).len()
+}
+
+/// Inodes of the TCP sockets whose local port is `port`, in `state` (`/proc/net/tcp` notation: 0A listening,
+/// 01 established).
+fn tcp_inodes(port: u16, state: &str) -> Vec<u64> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .flat_map(|t| t.lines().skip(1).map(String::from).collect::<Vec<_>>())
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             let local_port = u16::from_str_radix(cols.get(1)?.rsplit(':').next()?, 16).ok()?;
-            (local_port == port && cols.get(3)? == &"0A").then(|| cols.get(9)?.parse().ok())?
+            (local_port == port && cols.get(3)? == &state).then(|| cols.get(9)?.parse().ok())?
         })
-        .collect();
+        .collect()
+}
+
+/// Which of `inodes` the process has open, sorted.
+fn sockets_of(pid: i32, inodes: &[u64]) -> Vec<u64> {
     let mut out: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten()
                 .filter_map(|e| std::fs::read_link(e.path()).ok())
                 .filter_map(|t| t.to_string_lossy().strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
-                .filter(|i| listening.contains(i))
+                .filter(|i| inodes.contains(i))
                 .collect()
         })
         .unwrap_or_default();
