@@ -168,9 +168,9 @@ impl Scoreboard {
     pub fn peer_connections(&self, me: usize, fresh_since_ns: u64) -> impl Iterator<Item = u64> + '_ {
         (0..self.slots).filter(move |&i| i != me).filter_map(move |i| {
             let slot = self.slot(i);
-            let live =
+            let accepting =
                 slot.state() == SlotState::Ready && slot.words[HEARTBEAT].load(Ordering::Acquire) >= fresh_since_ns;
-            live.then(|| slot.connections())
+            accepting.then(|| slot.connections())
         })
     }
 }

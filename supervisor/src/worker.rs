@@ -272,6 +272,8 @@ struct Conn {
     slot: Slot,
     /// A sibling whose heartbeat is older than this is not counted as accepting (see [`balance`]).
     peer_silence: Duration,
+    /// Signalled when one of this worker's connections closes: a deferring accept loop looks again.
+    closed: tokio::sync::Notify,
     builder: http1::Builder,
     limit: u64,
     /// Set when the worker starts draining: every response from then on carries `Connection: close`.
@@ -289,7 +291,12 @@ impl Conn {
     async fn wait_turn(&self) {
         let deadline = tokio::time::Instant::now() + balance::MAX_DEFER;
         while self.over_share() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(balance::RECHECK).await;
+            // Created before the check that follows it, so a close in between is not missed.
+            let closed = self.closed.notified();
+            tokio::select! {
+                _ = closed => {}
+                _ = tokio::time::sleep(balance::RECHECK) => {}
+            }
         }
     }
 
@@ -339,6 +346,7 @@ async fn serve(
         board,
         slot,
         peer_silence: 2 * settings.heartbeat_interval(),
+        closed: tokio::sync::Notify::new(),
         builder,
         limit,
         draining: AtomicBool::new(false),
@@ -423,6 +431,7 @@ fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<
     let _ = stream.set_nodelay(true);
     let open = conn.slot.connection_opened();
     let ctx = conn.clone();
+    let closing = conn.clone();
     let service = hyper::service::service_fn(move |mut req: Request| {
         let label = ctx.service.label(&mut req).unwrap_or_default();
         let guard = ctx.slot.request_started(req.method().as_str(), req.uri().path(), &label, sys::monotonic_ns());
@@ -447,5 +456,6 @@ fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<
             tracing::debug!(error = %error, peer = %peer, "connection ended with an error");
         }
         drop(open);
+        closing.closed.notify_waiters();
     });
 }
