@@ -8,7 +8,6 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -112,42 +111,102 @@ pub fn set_worker_identity(slot: usize, generation: u64) {
 
 struct JsonLayer;
 
-/// Span fields, stored in the span's extensions.
-struct SpanFields(Map<String, Value>);
+/// A span's fields, rendered once when the span is created: name and JSON value.
+struct SpanFields(Vec<(&'static str, String)>);
 
-struct Visitor<'a>(&'a mut Map<String, Value>);
+/// Renders the fields of a span into [`SpanFields`].
+struct SpanVisitor<'a>(&'a mut Vec<(&'static str, String)>);
 
-impl Visit for Visitor<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_string(), Value::String(format!("{value:?}")));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_string(), Value::String(value.to_string()));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_string(), Value::from(value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_string(), Value::from(value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_string(), Value::from(value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_string(), Value::from(value));
-    }
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0.insert(field.name().to_string(), Value::String(value.to_string()));
+impl SpanVisitor<'_> {
+    fn set(&mut self, field: &Field, render: impl FnOnce(&mut String)) {
+        let mut value = String::new();
+        render(&mut value);
+        match self.0.iter_mut().find(|(name, _)| *name == field.name()) {
+            Some((_, old)) => *old = value,
+            None => self.0.push((field.name(), value)),
+        }
     }
 }
+
+impl Visit for SpanVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.set(field, |out| json_debug(out, value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.set(field, |out| json_str(out, value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.set(field, |out| json_display(out, value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.set(field, |out| json_display(out, value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.set(field, |out| json_f64(out, value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.set(field, |out| json_display(out, value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.set(field, |out| json_debug(out, &format_args!("{value}")));
+    }
+}
+
+/// Writes an event's fields straight into the line, `message` as `msg`, remembering the names written.
+struct EventVisitor<'a> {
+    out: &'a mut String,
+    written: Vec<&'static str>,
+}
+
+impl EventVisitor<'_> {
+    fn key(&mut self, field: &Field) -> &mut String {
+        let name = match field.name() {
+            "message" => "msg",
+            name => name,
+        };
+        self.written.push(name);
+        self.out.push(',');
+        json_str(self.out, name);
+        self.out.push(':');
+        self.out
+    }
+}
+
+impl Visit for EventVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        json_debug(self.key(field), value);
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        json_str(self.key(field), value);
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        json_display(self.key(field), value);
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        json_display(self.key(field), value);
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        json_f64(self.key(field), value);
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        json_display(self.key(field), value);
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        json_debug(self.key(field), &format_args!("{value}"));
+    }
+}
+
+/// The keys every line starts with (unless the event has a field of that name); span fields of the same
+/// name are left out.
+const FIXED_KEYS: [&str; 7] = ["ts", "level", "target", "pid", "role", "slot", "generation"];
 
 impl<S> Layer<S> for JsonLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
-        let mut fields = Map::new();
-        attrs.record(&mut Visitor(&mut fields));
+        let mut fields = Vec::new();
+        attrs.record(&mut SpanVisitor(&mut fields));
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(SpanFields(fields));
         }
@@ -157,43 +216,142 @@ where
         if let Some(span) = ctx.span(id)
             && let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
         {
-            values.record(&mut Visitor(&mut fields.0));
+            values.record(&mut SpanVisitor(&mut fields.0));
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert("ts".into(), Value::String(timestamp()));
-        line.insert("level".into(), Value::String(level_name(*meta.level()).into()));
-        line.insert("msg".into(), Value::Null);
-        line.insert("target".into(), Value::String(meta.target().into()));
-        line.insert("pid".into(), Value::from(PID.load(Ordering::Relaxed)));
-        let slot = SLOT.load(Ordering::Relaxed);
-        if slot == NO_SLOT {
-            line.insert("role".into(), Value::String("master".into()));
-        } else {
-            line.insert("role".into(), Value::String("worker".into()));
-            line.insert("slot".into(), Value::from(slot));
-            line.insert("generation".into(), Value::from(GENERATION.load(Ordering::Relaxed)));
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope.from_root() {
-                if let Some(fields) = span.extensions().get::<SpanFields>() {
-                    line.extend(fields.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let render = |out: &mut String| {
+            out.clear();
+            render_line(out, event, &ctx);
+            // One write per line: lines from several processes appending to one file never interleave.
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
+        };
+        // The buffer is reused; a line logged while rendering another (from a field's Debug) gets its own.
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut out) => render(&mut out),
+            Err(_) => render(&mut String::new()),
+        });
+    }
+}
+
+/// One JSON object and a newline: the fixed keys, then the event's fields, then its spans' fields
+/// (innermost first; a name already written is not repeated).
+fn render_line<S>(out: &mut String, event: &Event<'_>, ctx: &Context<'_, S>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let meta = event.metadata();
+    // An event's own field wins over a fixed key of the same name (the master logs a worker's `slot`).
+    let own = |key: &str| meta.fields().field(key).is_some();
+    out.push('{');
+    let mut fixed = |key: &str, render: &mut dyn FnMut(&mut String)| {
+        if !own(key) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            json_str(out, key);
+            out.push(':');
+            render(out);
+        }
+    };
+    fixed("ts", &mut |out| {
+        out.push('"');
+        timestamp(out);
+        out.push('"');
+    });
+    fixed("level", &mut |out| json_str(out, level_name(*meta.level())));
+    fixed("target", &mut |out| json_str(out, meta.target()));
+    fixed("pid", &mut |out| json_display(out, PID.load(Ordering::Relaxed)));
+    let slot = SLOT.load(Ordering::Relaxed);
+    if slot == NO_SLOT {
+        fixed("role", &mut |out| json_str(out, "master"));
+    } else {
+        fixed("role", &mut |out| json_str(out, "worker"));
+        fixed("slot", &mut |out| json_display(out, slot));
+        fixed("generation", &mut |out| json_display(out, GENERATION.load(Ordering::Relaxed)));
+    }
+    let mut visitor = EventVisitor { out, written: Vec::new() };
+    event.record(&mut visitor);
+    let EventVisitor { out, mut written } = visitor;
+    if !written.contains(&"msg") {
+        out.push_str(",\"msg\":null");
+    }
+    if let Some(scope) = ctx.event_scope(event) {
+        for span in scope {
+            let extensions = span.extensions();
+            let Some(fields) = extensions.get::<SpanFields>() else { continue };
+            for (name, value) in &fields.0 {
+                if written.contains(name) || FIXED_KEYS.contains(name) {
+                    continue;
                 }
+                written.push(name);
+                out.push(',');
+                json_str(out, name);
+                out.push(':');
+                out.push_str(value);
             }
         }
-        let mut fields = Map::new();
-        event.record(&mut Visitor(&mut fields));
-        if let Some(msg) = fields.remove("message") {
-            line.insert("msg".into(), msg);
-        }
-        line.extend(fields);
-        let mut text = Value::Object(line).to_string();
-        text.push('\n');
-        let _ = std::io::stdout().lock().write_all(text.as_bytes());
     }
+    out.push_str("}\n");
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    escape_into(out, s);
+    out.push('"');
+}
+
+/// Appends a `Debug` rendering as a JSON string, escaped as it is formatted (no intermediate string).
+fn json_debug(out: &mut String, value: &dyn std::fmt::Debug) {
+    struct Escaping<'a>(&'a mut String);
+    impl std::fmt::Write for Escaping<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            escape_into(self.0, s);
+            Ok(())
+        }
+    }
+    out.push('"');
+    let _ = write!(Escaping(out), "{value:?}");
+    out.push('"');
+}
+
+/// Appends a number or boolean, which JSON writes as Rust displays it.
+fn json_display(out: &mut String, value: impl std::fmt::Display) {
+    let _ = write!(out, "{value}");
+}
+
+/// Appends a float; JSON has no NaN or infinity, so those become `null`.
+fn json_f64(out: &mut String, value: f64) {
+    if value.is_finite() {
+        let _ = write!(out, "{value:?}");
+    } else {
+        out.push_str("null");
+    }
+}
+
+fn escape_into(out: &mut String, s: &str) {
+    let mut rest = s;
+    while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
+        out.push_str(&rest[..i]);
+        let c = rest[i..].chars().next().expect("found a char");
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+        }
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -206,13 +364,12 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// UTC time as RFC 3339 with milliseconds.
-fn timestamp() -> String {
+/// Appends the UTC time as RFC 3339 with milliseconds.
+fn timestamp(s: &mut String) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    let mut s = String::with_capacity(24);
     let _ = write!(
         s,
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -221,7 +378,6 @@ fn timestamp() -> String {
         rem % 60,
         now.subsec_millis()
     );
-    s
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -246,6 +402,60 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(civil_from_days(20_782), (2026, 11, 25));
+    }
+
+    /// Renders lines like [`JsonLayer`] does, into memory.
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+        fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+            let mut out = String::new();
+            render_line(&mut out, event, &ctx);
+            self.0.lock().unwrap().push(out);
+        }
+    }
+
+    #[test]
+    fn lines_are_json_with_span_fields_and_escaped_values() {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(JsonLayer).with(Capture(lines.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", request_id = "r-1", user = "outer");
+            let _entered = span.enter();
+            tracing::warn!(
+                user = "event wins",
+                ratio = 0.5,
+                nan = f64::NAN,
+                n = -3i64,
+                ok = true,
+                "quote \" and\n newline"
+            );
+            tracing::info!(pid = 1u64, "a field named like a fixed key");
+        });
+        let lines = lines.lock().unwrap();
+        assert!(lines.iter().all(|l| l.ends_with("}\n") && !l[..l.len() - 1].contains('\n')), "{lines:?}");
+        let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(first["msg"], "quote \" and\n newline");
+        assert_eq!(first["level"], "warning");
+        assert_eq!(first["request_id"], "r-1", "span field");
+        assert_eq!(first["user"], "event wins");
+        assert_eq!(lines[0].matches("\"user\"").count(), 1, "no key twice: {}", lines[0]);
+        assert_eq!(
+            (first["ratio"].as_f64(), first["n"].as_i64(), first["ok"].as_bool()),
+            (Some(0.5), Some(-3), Some(true))
+        );
+        assert!(first["nan"].is_null());
+        assert!(first["ts"].as_str().unwrap().ends_with('Z'));
+        let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(second["pid"], 1, "an event's own field wins over the fixed key");
+        assert_eq!(lines[1].matches("\"pid\"").count(), 1, "{}", lines[1]);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut out = String::new();
+        json_str(&mut out, "a\u{1}b\tc\\");
+        assert_eq!(out, r#""a\u0001b\tc\\""#);
     }
 
     #[test]
