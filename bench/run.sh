@@ -651,7 +651,7 @@ table() {
     row "HUP reload: new generation ready; window" "${R[reload.boot_ms]} ms; ${R[reload.window_ms]} ms" "" "" "" ""
     row "worker replacement after kill -9, median / max (n=$REPLACEMENTS)" "${R[repl.median]} / ${R[repl.max]} ms" "" "" "< 100 ms" "$(verdict "${R[repl.max]} < 100")"
     row "heartbeat timeout=${HB_TIMEOUT}s: SIGSTOP -> killed, min-max (n=$TIMEOUT_SAMPLES)" "${R[hb.min]} - ${R[hb.max]} ms" "" "" "[$((HB_TIMEOUT * 1000)), $((HB_TIMEOUT * 1000 + 1000))] ms" "$(verdict "${R[hb.min]} >= $HB_TIMEOUT * 1000 && ${R[hb.max]} <= $HB_TIMEOUT * 1000 + 1000")"
-    row "heartbeat timeout: silence logged by the master, min-max" "${R[sil.min]} - ${R[sil.max]} ms" "" "" "[$((HB_TIMEOUT * 1000)), $((HB_TIMEOUT * 1000 + 1000))] ms" "$(verdict "${R[sil.min]} >= $HB_TIMEOUT * 1000 && ${R[sil.max]} <= $HB_TIMEOUT * 1000 + 1000")"
+    row "heartbeat timeout: silence logged by the master, min-max" "${R[sil.min]} - ${R[sil.max]} ms" "" "" "(kills past timeout + timeout/4 = $((HB_TIMEOUT * 1250)) ms of silence)" ""
 }
 
 variants_table() {

@@ -290,9 +290,12 @@ impl Conn {
     /// so that a sibling takes the next one.
     async fn wait_turn(&self) {
         let deadline = tokio::time::Instant::now() + balance::MAX_DEFER;
-        while self.over_share() && tokio::time::Instant::now() < deadline {
-            // Created before the check that follows it, so a close in between is not missed.
+        loop {
+            // Registered before the check, so a close right after the check still wakes us.
             let closed = self.closed.notified();
+            if !self.over_share() || tokio::time::Instant::now() >= deadline {
+                return;
+            }
             tokio::select! {
                 _ = closed => {}
                 _ = tokio::time::sleep(balance::RECHECK) => {}
