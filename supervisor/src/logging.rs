@@ -111,88 +111,67 @@ pub fn set_worker_identity(slot: usize, generation: u64) {
 
 struct JsonLayer;
 
-/// A span's fields, rendered once when the span is created: name and JSON value.
+/// Where recorded fields go: a name and something that writes the field's JSON value.
+trait FieldSink {
+    fn field(&mut self, name: &'static str, render: &dyn Fn(&mut String));
+}
+
+/// Feeds the fields of a span or an event, rendered as JSON values, to a [`FieldSink`].
+struct Fields<'a, S>(&'a mut S);
+
+impl<S: FieldSink> Visit for Fields<'_, S> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.field(field.name(), &|out| json_debug(out, value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.field(field.name(), &|out| json_str(out, value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.field(field.name(), &|out| json_display(out, value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.field(field.name(), &|out| json_display(out, value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.field(field.name(), &|out| json_f64(out, value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.field(field.name(), &|out| json_display(out, value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.field(field.name(), &|out| json_debug(out, &format_args!("{value}")));
+    }
+}
+
+/// A span's fields, rendered once when the span is created (or recorded later): name and JSON value.
+#[derive(Default)]
 struct SpanFields(Vec<(&'static str, String)>);
 
-/// Renders the fields of a span into [`SpanFields`].
-struct SpanVisitor<'a>(&'a mut Vec<(&'static str, String)>);
-
-impl SpanVisitor<'_> {
-    fn set(&mut self, field: &Field, render: impl FnOnce(&mut String)) {
+impl FieldSink for SpanFields {
+    fn field(&mut self, name: &'static str, render: &dyn Fn(&mut String)) {
         let mut value = String::new();
         render(&mut value);
-        match self.0.iter_mut().find(|(name, _)| *name == field.name()) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
             Some((_, old)) => *old = value,
-            None => self.0.push((field.name(), value)),
+            None => self.0.push((name, value)),
         }
     }
 }
 
-impl Visit for SpanVisitor<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.set(field, |out| json_debug(out, value));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.set(field, |out| json_str(out, value));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.set(field, |out| json_display(out, value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.set(field, |out| json_display(out, value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.set(field, |out| json_f64(out, value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.set(field, |out| json_display(out, value));
-    }
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.set(field, |out| json_debug(out, &format_args!("{value}")));
-    }
-}
-
 /// Writes an event's fields straight into the line, `message` as `msg`, remembering the names written.
-struct EventVisitor<'a> {
+struct EventFields<'a> {
     out: &'a mut String,
     written: Vec<&'static str>,
 }
 
-impl EventVisitor<'_> {
-    fn key(&mut self, field: &Field) -> &mut String {
-        let name = match field.name() {
-            "message" => "msg",
-            name => name,
-        };
+impl FieldSink for EventFields<'_> {
+    fn field(&mut self, name: &'static str, render: &dyn Fn(&mut String)) {
+        let name = if name == "message" { "msg" } else { name };
         self.written.push(name);
         self.out.push(',');
         json_str(self.out, name);
         self.out.push(':');
-        self.out
-    }
-}
-
-impl Visit for EventVisitor<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        json_debug(self.key(field), value);
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        json_str(self.key(field), value);
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        json_display(self.key(field), value);
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        json_display(self.key(field), value);
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        json_f64(self.key(field), value);
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        json_display(self.key(field), value);
-    }
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        json_debug(self.key(field), &format_args!("{value}"));
+        render(self.out);
     }
 }
 
@@ -205,10 +184,10 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
-        let mut fields = Vec::new();
-        attrs.record(&mut SpanVisitor(&mut fields));
+        let mut fields = SpanFields::default();
+        attrs.record(&mut Fields(&mut fields));
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(SpanFields(fields));
+            span.extensions_mut().insert(fields);
         }
     }
 
@@ -216,7 +195,7 @@ where
         if let Some(span) = ctx.span(id)
             && let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
         {
-            values.record(&mut SpanVisitor(&mut fields.0));
+            values.record(&mut Fields(fields));
         }
     }
 
@@ -274,9 +253,9 @@ where
         fixed("slot", &mut |out| json_display(out, slot));
         fixed("generation", &mut |out| json_display(out, GENERATION.load(Ordering::Relaxed)));
     }
-    let mut visitor = EventVisitor { out, written: Vec::new() };
-    event.record(&mut visitor);
-    let EventVisitor { out, mut written } = visitor;
+    let mut fields = EventFields { out, written: Vec::new() };
+    event.record(&mut Fields(&mut fields));
+    let EventFields { out, mut written } = fields;
     if !written.contains(&"msg") {
         out.push_str(",\"msg\":null");
     }
