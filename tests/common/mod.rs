@@ -74,7 +74,7 @@ pub fn binary() -> &'static str {
 
 /// Output captured from a child, line by line, as it arrives.
 #[derive(Clone, Default)]
-pub struct Lines(Arc<Mutex<Vec<String>>>);
+pub struct Lines(Arc<Mutex<Vec<String>>>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Lines {
     fn capture(self, stream: impl Read + Send + 'static) {
@@ -83,7 +83,13 @@ impl Lines {
                 let Ok(line) = line else { break };
                 self.0.lock().unwrap().push(line);
             }
+            self.1.store(true, std::sync::atomic::Ordering::Release);
         });
+    }
+
+    /// Whether the stream has ended (every writer closed it) and all of it has been read.
+    pub fn ended(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn all(&self) -> Vec<String> {
@@ -238,8 +244,12 @@ impl Server {
         let child = self.child.as_mut().expect("still running");
         let status = wait_for(timeout, "the master to exit", || child.try_wait().unwrap());
         self.child = None;
-        // The output readers are not joined: a process the master started (a binary upgrade) may still
-        // hold the pipes open. They end by themselves when the last writer closes.
+        // Let the readers take in the last lines. Not required: a process the master started (a binary
+        // upgrade) may still hold the pipes open, and then the output keeps arriving after this returns.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !(self.stdout.ended() && self.stderr.ended()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         status
     }
 
