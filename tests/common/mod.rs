@@ -171,7 +171,17 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn supervisor");
+        // A binary the test has just copied can be briefly "busy": a concurrent test's fork inherits the
+        // copy's write descriptor until its exec. Retry for a moment, as cargo does.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                spawned => break spawned.expect("spawn supervisor"),
+            }
+        };
         let stdout = Lines::default();
         let stderr = Lines::default();
         stdout.clone().capture(child.stdout.take().unwrap());
