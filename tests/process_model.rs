@@ -137,7 +137,9 @@ fn a_silent_worker_is_killed_after_timeout_and_replaced() {
         l["worker_pid"].as_i64() == Some(victim as i64) && field(l, "reason") == "timeout"
     });
     let took = stopped_at.elapsed();
-    assert!(took >= Duration::from_secs(2), "killed {took:?} after it stopped, before the timeout");
+    // The last stamp is at most one interval before the stop when the heartbeat ticks on time; allow a tick
+    // delayed by a loaded machine.
+    assert!(took >= Duration::from_millis(1800), "killed {took:?} after it stopped, before the timeout");
     assert!(took < Duration::from_millis(3500), "killed after {took:?}");
     assert!(line["silence_ms"].as_u64().unwrap() >= 2500, "not before timeout + interval of silence: {line}");
     wait_for(Duration::from_secs(2), "victim gone", || (!alive(victim)).then_some(()));
