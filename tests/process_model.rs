@@ -94,34 +94,54 @@ fn an_outside_sigkill_is_named_and_the_worker_replaced() {
 }
 
 // A burst of connections spreads over the workers instead of piling onto whichever worker runs first: a worker
-// holding more than its share leaves the next connections to its siblings. (SPEC section 2: workers share the
-// listening socket; the skew would otherwise show as tail latency on the crowded worker.)
+// holding more than its share leaves the next connections to its siblings, waiting at most 10 ms for them. (SPEC
+// section 2: workers share the listening socket; the skew would otherwise show as tail latency on the crowded
+// worker.)
 #[test]
 fn a_burst_of_connections_spreads_over_the_workers() {
     const BURST: usize = 40;
-    let server = Server::start_ready("workers = 2", "", 2);
-    let workers = server.workers();
-    let (first, second) = (workers[0], workers[1]);
-    // Both workers stopped: the burst waits in the backlog. Then only the first may run, as when its sibling
-    // is busy elsewhere; without balancing it takes the whole queue at once.
-    signal(first, SIGSTOP);
-    signal(second, SIGSTOP);
-    let conns: Vec<Conn> = (0..BURST).map(|_| Conn::open(server.addr()).expect("connect")).collect();
-    signal(first, SIGCONT);
-    let early = wait_for(Duration::from_secs(5), "the first worker accepting", || {
-        let n = accepted_connections(first, server.port);
-        (n > 0).then_some(n)
-    });
-    signal(second, SIGCONT);
-    let split = wait_for(Duration::from_secs(10), "every connection accepted", || {
-        let split = [accepted_connections(first, server.port), accepted_connections(second, server.port)];
-        (split.iter().sum::<usize>() == BURST).then_some(split)
-    });
-    assert!(early < BURST, "the first worker took the whole burst before its sibling could run");
-    assert!(split.iter().all(|&n| n >= BURST / 4), "connections per worker: {split:?}");
-    // The spread connections are served.
-    for mut conn in conns.into_iter().take(4) {
-        assert_eq!(conn.get("/healthz").unwrap().status, 200);
+    const ATTEMPTS: u32 = 5;
+    for attempt in 1..=ATTEMPTS {
+        let server = Server::start_ready("workers = 2", "", 2);
+        let workers = server.workers();
+        let (first, second) = (workers[0], workers[1]);
+        // Accepted connections, counted as socket descriptors beyond the listener's (cheap to poll).
+        let (base_first, base_second) = (socket_fds(first), socket_fds(second));
+        let accepted = || [socket_fds(first) - base_first, socket_fds(second) - base_second];
+        // Both workers stopped: the burst waits in the backlog. Then only the first may run, as when its
+        // sibling is busy elsewhere; without balancing it takes the whole queue at once.
+        signal(first, SIGSTOP);
+        signal(second, SIGSTOP);
+        let stopped = Instant::now();
+        let conns: Vec<Conn> = (0..BURST).map(|_| Conn::open(server.addr()).expect("connect")).collect();
+        let resumed = Instant::now();
+        signal(first, SIGCONT);
+        let early = wait_for(Duration::from_secs(5), "the first worker accepting", || {
+            let [n, _] = accepted();
+            (n > 0).then_some(n)
+        });
+        let ran = resumed.elapsed();
+        signal(second, SIGCONT);
+        let split = wait_for(Duration::from_secs(10), "every connection accepted", || {
+            let split = accepted();
+            (split.iter().sum::<usize>() == BURST).then_some(split)
+        });
+        // A sibling silent for two heartbeat intervals (here 2 s; its last stamp may be 1 s old when stopped)
+        // counts as hung, and nobody defers to it: on a machine too busy to finish within 0.9 s, try again.
+        if stopped.elapsed() > Duration::from_millis(900) {
+            assert!(attempt < ATTEMPTS, "the machine was too busy to judge in {ATTEMPTS} attempts");
+            continue;
+        }
+        // An even share plus the slack at once (5 of 40 while the sibling holds none), then at most one more
+        // per 10 ms deferral.
+        let bound = (6 + ran.as_millis() as usize / 10).min(BURST - 1);
+        assert!(early <= bound, "the first worker took {early} connections in {ran:?} while its sibling was stopped");
+        // Nothing is stranded, the sibling took its part once it ran, and every connection is served.
+        assert!(split[1] > 0, "the sibling got none: {split:?}");
+        for mut conn in conns {
+            assert_eq!(conn.get("/healthz").unwrap().status, 200);
+        }
+        return;
     }
 }
 

@@ -148,22 +148,23 @@ fn a_burst_of_hups_settles_on_one_newest_generation() {
         server.signal(SIGHUP);
         std::thread::sleep(Duration::from_millis(90)); // spread the burst over ~1 s, as an operator would
     }
-    let by_msg = |prefix: &str| -> Vec<serde_json::Value> {
-        server
-            .stdout
-            .json()
-            .into_iter()
-            .filter(|l| field(l, "role") == "master" && field(l, "msg").starts_with(prefix))
-            .collect()
-    };
-    let newest = wait_for(Duration::from_secs(30), "the reloads to settle", || {
+    // Judged on one snapshot of the master's log per poll: a HUP the master handles after the last reload
+    // completed starts one more, which a later snapshot would count without its completion.
+    let (newest, reloads) = wait_for(Duration::from_secs(30), "the reloads to settle", || {
+        let log: Vec<serde_json::Value> =
+            server.stdout.json().into_iter().filter(|l| field(l, "role") == "master").collect();
+        let by_msg = |prefix: &str| log.iter().filter(|l| field(l, "msg").starts_with(prefix)).collect::<Vec<_>>();
         let newest = by_msg("reload complete").last()?["generation"].as_u64()?;
-        let pending = by_msg("reload started").iter().any(|l| l["generation"].as_u64() > Some(newest));
-        let gens = generations(&server);
+        let started = by_msg("reload started");
+        let pending = started.iter().any(|l| l["generation"].as_u64() > Some(newest));
+        let gens: BTreeMap<i32, u64> = by_msg("worker spawned")
+            .iter()
+            .map(|l| (l["worker_pid"].as_i64().unwrap() as i32, l["generation"].as_u64().unwrap()))
+            .collect();
         let workers = server.workers();
-        (!pending && workers.len() == 2 && workers.iter().all(|p| gens.get(p) == Some(&newest))).then_some(newest)
+        let settled = !pending && workers.len() == 2 && workers.iter().all(|p| gens.get(p) == Some(&newest));
+        settled.then_some((newest, started.len()))
     });
-    let reloads = by_msg("reload started").len();
     assert!(reloads < 10, "HUPs during a reload were coalesced: {reloads} reloads for 10 HUPs");
     assert_eq!(newest, 1 + reloads as u64, "every reload completed, the last one is serving");
     // No leaked process: every worker ever spawned is either a current worker or gone.

@@ -337,43 +337,37 @@ pub fn alive(pid: i32) -> bool {
 
 /// Inodes of the TCP sockets a process has open that are listening on `port`.
 pub fn listening_inodes(pid: i32, port: u16) -> Vec<u64> {
-    sockets_of(pid, &tcp_inodes(port, "0A"))
-}
-
-/// Client connections to `port` that the process has accepted and holds open.
-pub fn accepted_connections(pid: i32, port: u16) -> usize {
-    sockets_of(pid, &tcp_inodes(port, "01")).len()
-}
-
-/// Inodes of the TCP sockets whose local port is `port`, in `state` (`/proc/net/tcp` notation: 0A listening,
-/// 01 established).
-fn tcp_inodes(port: u16, state: &str) -> Vec<u64> {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
+    let listening: Vec<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .flat_map(|t| t.lines().skip(1).map(String::from).collect::<Vec<_>>())
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             let local_port = u16::from_str_radix(cols.get(1)?.rsplit(':').next()?, 16).ok()?;
-            (local_port == port && cols.get(3)? == &state).then(|| cols.get(9)?.parse().ok())?
+            (local_port == port && cols.get(3)? == &"0A").then(|| cols.get(9)?.parse().ok())?
         })
-        .collect()
-}
-
-/// Which of `inodes` the process has open, sorted.
-fn sockets_of(pid: i32, inodes: &[u64]) -> Vec<u64> {
+        .collect();
     let mut out: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten()
                 .filter_map(|e| std::fs::read_link(e.path()).ok())
                 .filter_map(|t| t.to_string_lossy().strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
-                .filter(|i| inodes.contains(i))
+                .filter(|i| listening.contains(i))
                 .collect()
         })
         .unwrap_or_default();
     out.sort();
     out.dedup();
     out
+}
+
+/// Socket descriptors the process has open.
+pub fn socket_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
+            .count()
+    })
 }
 
 /// Responses are the shared client's type (header names lowercased, lookups case-insensitive).
