@@ -23,9 +23,19 @@ pub(crate) const NAME_MAX_CHARS: usize = 200;
 pub(crate) const DEFAULT_LIMIT: i64 = 20;
 pub(crate) const MAX_LIMIT: i64 = 100;
 
-/// `created_at` in RFC 3339, UTC, microseconds.
-const COLUMNS: &str =
-    "id, name, quantity, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at";
+/// The columns every query returns; `created_at` in RFC 3339, UTC, microseconds.
+macro_rules! columns {
+    () => {
+        "id, name, quantity, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at"
+    };
+}
+
+// Fixed strings, so that each is prepared once per pooled connection and nothing is formatted per request.
+const INSERT: &str = concat!("INSERT INTO items (id, name, quantity) VALUES ($1, $2, $3) RETURNING ", columns!());
+const SELECT_ONE: &str = concat!("SELECT ", columns!(), " FROM items WHERE id = $1");
+const SELECT_FIRST_PAGE: &str = concat!("SELECT ", columns!(), " FROM items ORDER BY id LIMIT $1");
+const SELECT_PAGE_AFTER: &str = concat!("SELECT ", columns!(), " FROM items WHERE id > $1 ORDER BY id LIMIT $2");
+const DELETE: &str = "DELETE FROM items WHERE id = $1";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Item {
@@ -141,8 +151,7 @@ pub(crate) async fn create(state: &State, req: Request) -> Result<Response, ApiE
     let body = read_json(req, state.config.max_body_bytes).await?;
     let new = validate_new_item(&body).map_err(ApiError::validation)?;
     let client = state.db.get().await?;
-    let sql = format!("INSERT INTO items (id, name, quantity) VALUES ($1, $2, $3) RETURNING {COLUMNS}");
-    let statement = client.prepare_cached(&sql).await?;
+    let statement = client.prepare_cached(INSERT).await?;
     let row = client.query_one(&statement, &[&Uuid::now_v7(), &new.name, &new.quantity]).await?;
     let item = Item::from_row(&row)?;
     tracing::info!(item_id = %item.id, "item created");
@@ -156,8 +165,7 @@ pub(crate) async fn create(state: &State, req: Request) -> Result<Response, ApiE
 pub(crate) async fn get(state: &State, id: &str) -> Result<Response, ApiError> {
     let id = parse_id(id)?;
     let client = state.db.get().await?;
-    let sql = format!("SELECT {COLUMNS} FROM items WHERE id = $1");
-    let statement = client.prepare_cached(&sql).await?;
+    let statement = client.prepare_cached(SELECT_ONE).await?;
     let row = client.query_opt(&statement, &[&id]).await?;
     match row {
         Some(row) => Ok(json_response(StatusCode::OK, &Item::from_row(&row)?)),
@@ -172,13 +180,11 @@ pub(crate) async fn list(state: &State, query: Option<&str>) -> Result<Response,
     let fetch = query.limit + 1;
     let rows = match query.after {
         None => {
-            let sql = format!("SELECT {COLUMNS} FROM items ORDER BY id LIMIT $1");
-            let statement = client.prepare_cached(&sql).await?;
+            let statement = client.prepare_cached(SELECT_FIRST_PAGE).await?;
             client.query(&statement, &[&fetch]).await
         }
         Some(after) => {
-            let sql = format!("SELECT {COLUMNS} FROM items WHERE id > $1 ORDER BY id LIMIT $2");
-            let statement = client.prepare_cached(&sql).await?;
+            let statement = client.prepare_cached(SELECT_PAGE_AFTER).await?;
             client.query(&statement, &[&after, &fetch]).await
         }
     }?;
@@ -195,7 +201,7 @@ pub(crate) async fn list(state: &State, query: Option<&str>) -> Result<Response,
 pub(crate) async fn delete(state: &State, id: &str) -> Result<Response, ApiError> {
     let id = parse_id(id)?;
     let client = state.db.get().await?;
-    let statement = client.prepare_cached("DELETE FROM items WHERE id = $1").await?;
+    let statement = client.prepare_cached(DELETE).await?;
     let deleted = client.execute(&statement, &[&id]).await?;
     if deleted == 0 {
         return Err(ApiError::not_found());
