@@ -427,6 +427,26 @@ log "rows inserted: $ITEMS"
 stop_server baseline
 
 # ---------------------------------------------------------------------------------------------------------
+# /metrics under load: /healthz again while one client scrapes /metrics back to back (the worst case; Prometheus
+# scrapes every few seconds). Rendering reads shared counters without a lock, so the requests served beside it
+# should lose only the CPU the scrapes take, and nothing should wait.
+
+phase "metrics scrapes under load"
+scrape_out="$WORK/wrk-scrape.txt"
+wrk -t1 -c1 -d"$((WARMUP + DURATION))s" --timeout 2s --latency "$(url_of prefork /metrics)" >"$scrape_out" 2>&1 &
+SCRAPER=$!
+BG_PIDS+=("$SCRAPER")
+measure prefork scraped /healthz
+wait "$SCRAPER" 2>/dev/null || true
+forget_bg "$SCRAPER"
+R[scrape.rps]=$(awk '/^Requests\/sec:/ {print $2}' "$scrape_out")
+R[scrape.p99]=$(awk '$1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+    print (u == "us" ? v / 1000 : u == "s" ? v * 1000 : v); exit }' "$scrape_out")
+R[scrape.n]=$(awk '/requests in/ {print $1; exit}' "$scrape_out")
+R[scrape.err]=$(awk '/Socket errors|Non-2xx/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i } END { print n + 0 }' "$scrape_out")
+log "scrapes beside the load: ${R[scrape.rps]:-?} /s, p99 ${R[scrape.p99]:-?} ms, errors ${R[scrape.err]}"
+
+# ---------------------------------------------------------------------------------------------------------
 # 3. Reload under load: HUP while wrk runs; per-100-ms response counts from the wrk script's timeline.
 
 phase "reload under load"
@@ -641,6 +661,10 @@ table() {
     rp=${R[prefork_log.healthz.rps]}; rb=${R[baseline_log.healthz.rps]}
     row "GET /healthz req/s, access log on" "$(int "$rp") ($(ratio "$rp" "${R[prefork.healthz.rps]}") x off)" "$(int "$rb") ($(ratio "$rb" "${R[baseline.healthz.rps]}") x off)" "$(ratio "$rp" "$rb")" "" ""
     row "GET /healthz p99 ms, access log on" "$(ms "${R[prefork_log.healthz.p99]}")" "$(ms "${R[baseline_log.healthz.p99]}")" "$(ratio "${R[prefork_log.healthz.p99]}" "${R[baseline_log.healthz.p99]}")" "" ""
+    rp=${R[prefork.scraped.rps]}
+    row "GET /healthz with /metrics scraped back to back: req/s" "$(int "$rp") ($(ratio "$rp" "${R[prefork.healthz.rps]}") x unscraped)" "" "" "" ""
+    row "GET /healthz with /metrics scraped back to back: p99 ms, errors" "$(ms "${R[prefork.scraped.p99]}") ($(ratio "${R[prefork.scraped.p99]}" "${R[prefork.healthz.p99]}") x unscraped), ${R[prefork.scraped.err]} / ${R[prefork.scraped.n]}" "" "" "0 errors" "$(verdict "${R[prefork.scraped.err]} == 0")"
+    row "GET /metrics scrapes meanwhile: per second, p99 ms, errors" "$(int "${R[scrape.rps]:-0}"), ${R[scrape.p99]:-?}, ${R[scrape.err]} / ${R[scrape.n]:-?}" "" "" "" ""
     row "idle PSS MB (process tree)" "$(mb "${R[prefork.idle.pss]}")" "$(mb "${R[baseline.idle.pss]}")" "$(ratio "${R[prefork.idle.pss]}" "${R[baseline.idle.pss]}")" "<= 10 MB (master + 2 workers)" "$(verdict "${R[prefork.idle.pss]} <= 10240")"
     row "idle RSS MB (sum over the tree)" "$(mb "${R[prefork.idle.rss]}")" "$(mb "${R[baseline.idle.rss]}")" "$(ratio "${R[prefork.idle.rss]}" "${R[baseline.idle.rss]}")" "(RSS counts shared pages once per process)" "$(if [ "${R[prefork.idle.rss]}" -le 10240 ]; then echo "met"; else echo "over 10 MB"; fi)"
     row "loaded PSS MB (peak)" "$(mb "${R[prefork.load.pss]}")" "$(mb "${R[baseline.load.pss]}")" "$(ratio "${R[prefork.load.pss]}" "${R[baseline.load.pss]}")" "" ""
@@ -703,6 +727,7 @@ TOTAL_S=$(awk -v a="$START_US" -v b="$(now_us)" 'BEGIN{printf "%.0f", (b-a)/1e6}
     for k in healthz readyz items; do
         for m in prefork baseline; do split_lines+=("$m $k: ${R[$m.$k.split]}"); done
     done
+    split_lines+=("prefork healthz with /metrics scraped (the scraping client counts as other): ${R[prefork.scraped.split]}")
     for m in prefork_log baseline_log; do split_lines+=("$m healthz: ${R[$m.healthz.split]}"); done
     for v in "${VARIANTS[@]}"; do
         IFS='|' read -r n _ p _ <<<"$v"; k=${p#/}; [ "$p" = /api/items ] && k=items
