@@ -222,13 +222,13 @@ impl Layers {
             last.1 = format!("{workers} [min(4, max(2, {n} CPUs from {}))]", cpu_source.as_str());
         }
         let threads = r.get("threads", d.threads as u64, |raw| int(raw, 1, 64), u64::to_string)? as usize;
-        let timeout = r.get("timeout", d.timeout, |raw| seconds(raw, false), secs)?;
-        let graceful_timeout = r.get("graceful_timeout", d.graceful_timeout, |raw| seconds(raw, true), secs)?;
-        let keepalive = r.get("keepalive", d.keepalive, |raw| seconds(raw, true), secs)?;
+        let timeout = r.get("timeout", d.timeout, |raw| seconds(raw, 1.0, DAY), secs)?;
+        let graceful_timeout = r.get("graceful_timeout", d.graceful_timeout, |raw| seconds(raw, 0.0, DAY), secs)?;
+        let keepalive = r.get("keepalive", d.keepalive, |raw| seconds(raw, 0.0, 3600.0), secs)?;
         let log_level = r.get("log_level", LogLevel::Info, |raw| text(raw)?.parse(), |l| l.as_str().into())?;
-        let boot_timeout = r.get("boot_timeout", d.boot_timeout, |raw| seconds(raw, false), secs)?;
-        let max_requests = r.get("max_requests", 0, |raw| int(raw, 0, u64::MAX), u64::to_string)?;
-        let max_requests_jitter = r.get("max_requests_jitter", 0, |raw| int(raw, 0, u64::MAX), u64::to_string)?;
+        let boot_timeout = r.get("boot_timeout", d.boot_timeout, |raw| seconds(raw, 1.0, DAY), secs)?;
+        let max_requests = r.get("max_requests", 0, |raw| int(raw, 0, MAX_COUNT), u64::to_string)?;
+        let max_requests_jitter = r.get("max_requests_jitter", 0, |raw| int(raw, 0, MAX_COUNT), u64::to_string)?;
         let pidfile = r.get(
             "pidfile",
             None,
@@ -241,14 +241,11 @@ impl Layers {
             |raw| Ok(Some(PathBuf::from(text(raw)?))),
             |p| opt(p.as_ref().map(|p| p.display())),
         )?;
-        if keepalive > Duration::from_secs(3600) {
-            return Err(r.error("keepalive", "must be at most 3600 seconds"));
-        }
 
         let a = app::Config::default();
         let env =
             r.get("app.env", a.env, |raw| text(raw)?.parse::<app::AppEnv>().map_err(|e| e.message), |e| e.to_string())?;
-        let request_timeout = r.get("app.request_timeout", timeout, |raw| seconds(raw, false), secs)?;
+        let request_timeout = r.get("app.request_timeout", timeout, |raw| seconds(raw, 0.01, DAY), secs)?;
         let max_body_bytes =
             r.get("app.max_body_bytes", a.max_body_bytes as u64, |raw| int(raw, 1, 1 << 30), u64::to_string)? as usize;
         let access_log = r.get("app.access_log", a.access_log, boolean, bool::to_string)?;
@@ -273,17 +270,20 @@ impl Layers {
             |raw| Ok(Some(PathBuf::from(text(raw)?))),
             |p| opt(p.as_ref().map(|p| p.display())),
         )?;
-        let debug_boot_delay = r.get("app.debug_boot_delay", a.debug_boot_delay, |raw| seconds(raw, true), secs)?;
+        let debug_boot_delay =
+            r.get("app.debug_boot_delay", a.debug_boot_delay, |raw| seconds(raw, 0.0, 3600.0), secs)?;
         let db = &a.database;
         let url =
             r.get("database.url", None, |raw| Ok(Some(app::DatabaseUrl::new(text(raw)?))), |u| opt(u.as_ref()))?;
         let pool_size =
             r.get("database.pool_size", db.pool_size as u64, |raw| int(raw, 1, 10_000), u64::to_string)? as usize;
-        let connect_timeout = r.get("database.connect_timeout", db.connect_timeout, |raw| seconds(raw, false), secs)?;
-        let wait_timeout = r.get("database.wait_timeout", db.wait_timeout, |raw| seconds(raw, false), secs)?;
-        let create_timeout = r.get("database.create_timeout", db.create_timeout, |raw| seconds(raw, false), secs)?;
+        let connect_timeout =
+            r.get("database.connect_timeout", db.connect_timeout, |raw| seconds(raw, 0.01, 3600.0), secs)?;
+        let wait_timeout = r.get("database.wait_timeout", db.wait_timeout, |raw| seconds(raw, 0.01, 3600.0), secs)?;
+        let create_timeout =
+            r.get("database.create_timeout", db.create_timeout, |raw| seconds(raw, 0.01, 3600.0), secs)?;
         let readiness_timeout =
-            r.get("database.readiness_timeout", db.readiness_timeout, |raw| seconds(raw, false), secs)?;
+            r.get("database.readiness_timeout", db.readiness_timeout, |raw| seconds(raw, 0.01, 3600.0), secs)?;
         let max_connections = r.get(
             "database.max_connections",
             None,
@@ -407,18 +407,20 @@ fn int(raw: &Raw, min: u64, max: u64) -> Result<u64, String> {
     Ok(n as u64)
 }
 
-fn seconds(raw: &Raw, zero_ok: bool) -> Result<Duration, String> {
+/// Seconds in a day: the upper bound of most durations.
+const DAY: f64 = 86_400.0;
+/// Upper bound of request counts (`max_requests`, its jitter).
+const MAX_COUNT: u64 = 1_000_000_000;
+
+fn seconds(raw: &Raw, min: f64, max: f64) -> Result<Duration, String> {
     let s: f64 = match raw {
         Raw::Text(s) => s.trim().parse().map_err(|_| format!("expected a number of seconds, got {:?}", s.trim()))?,
         Raw::Toml(toml::Value::Integer(n)) => *n as f64,
         Raw::Toml(toml::Value::Float(f)) => *f,
         Raw::Toml(v) => return Err(format!("expected a number of seconds, got {}", v.type_str())),
     };
-    if !s.is_finite() || s < 0.0 || (s == 0.0 && !zero_ok) {
-        return Err(format!("must be {} seconds, got {s}", if zero_ok { "zero or more" } else { "more than zero" }));
-    }
-    if s > 86_400.0 {
-        return Err(format!("must be at most 86400 seconds, got {s}"));
+    if !(min..=max).contains(&s) {
+        return Err(format!("must be between {min} and {max} seconds, got {s}"));
     }
     Ok(Duration::from_secs_f64(s))
 }
@@ -540,6 +542,31 @@ mod tests {
         assert_eq!(e.key, "timeout");
         let e = load("", &[("SUPERVISOR_BIND", "localhost")], &[]).unwrap_err();
         assert_eq!(e.key, "bind");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("SUPERVISOR_MAX_REQUESTS_JITTER", "18446744073709551615", "max_requests_jitter"),
+            ("SUPERVISOR_MAX_REQUESTS", "18446744073709551615", "max_requests"),
+            ("SUPERVISOR_TIMEOUT", "1e-10", "timeout"),
+            ("SUPERVISOR_TIMEOUT", "NaN", "timeout"),
+            ("SUPERVISOR_TIMEOUT", "inf", "timeout"),
+            ("SUPERVISOR_GRACEFUL_TIMEOUT", "-1", "graceful_timeout"),
+            ("SUPERVISOR_BOOT_TIMEOUT", "0.5", "boot_timeout"),
+            ("SUPERVISOR_KEEPALIVE", "3601", "keepalive"),
+            ("SUPERVISOR_BACKLOG", "0", "backlog"),
+            ("SUPERVISOR_THREADS", "65", "threads"),
+            ("WEB_CONCURRENCY", "-1", "workers"),
+            ("APP_REQUEST_TIMEOUT", "0", "app.request_timeout"),
+            ("DATABASE_POOL_SIZE", "0", "database.pool_size"),
+            ("DATABASE_WAIT_TIMEOUT", "1e-9", "database.wait_timeout"),
+            ("APP_MAX_BODY_BYTES", "0", "app.max_body_bytes"),
+        ];
+        for (var, value, key) in cases {
+            let e = load("", &[(var, value)], &[]).unwrap_err();
+            assert_eq!((e.key.as_str(), &e.source), (*key, &Source::Env(var)), "{var}={value}");
+        }
     }
 
     #[test]
