@@ -23,6 +23,9 @@ pub(crate) const SLACK: u64 = 2;
 pub(crate) const MAX_DEFER: Duration = Duration::from_millis(10);
 /// How often a deferring worker looks again.
 pub(crate) const RECHECK: Duration = Duration::from_millis(1);
+/// How often a worker that spent its request budget, and leaves new connections to its accepting siblings
+/// until it is replaced, looks again whether one still is.
+pub(crate) const YIELD_RECHECK: Duration = Duration::from_millis(20);
 
 /// True when a worker holding `mine` connections holds more than an even share plus [`SLACK`] of all the
 /// connections held by itself and its accepting `peers`.

@@ -23,7 +23,7 @@ pub enum SlotState {
     Ready,
     /// Stopped accepting; finishing in-flight requests.
     Draining,
-    /// Reached `max_requests`; asks the master for a replacement, still serving until told to drain.
+    /// Reached `max_requests`; asks the master for a replacement, and keeps serving until told to drain.
     Retiring,
 }
 

@@ -67,13 +67,13 @@ pub fn server_stats() -> Option<ServerStats> {
             continue;
         }
         stats.workers[k].1 += 1;
-        stats.in_flight += view.in_flight;
+        stats.in_flight = stats.in_flight.saturating_add(view.in_flight);
         if view.state != SlotState::Booting {
             let age = now.saturating_sub(view.heartbeat_ns) as f64 / 1e9;
             stats.max_heartbeat_age = stats.max_heartbeat_age.max(age);
         }
         for (g, total) in stats.gauges.iter_mut().enumerate() {
-            *total += slot.gauge(g);
+            *total = total.saturating_add(slot.gauge(g));
         }
     }
     Some(stats)

@@ -42,6 +42,16 @@ pub(crate) struct WorkerStart {
     pub ready_fd: Option<Arc<OwnedFd>>,
 }
 
+/// Whose turn it is to take the next connection (see [`balance`]).
+enum Turn {
+    /// This worker's.
+    Mine,
+    /// A sibling's, for a few milliseconds: this worker holds more than its share.
+    Defer,
+    /// A sibling's, for as long as one is accepting: this worker spent its request budget.
+    Yield,
+}
+
 /// How a worker's serving ended.
 enum Stop {
     Graceful,
@@ -231,7 +241,7 @@ fn request_limit(settings: &Settings) -> u64 {
     }
     // Jitter only needs to differ between workers, not to be unpredictable.
     let seed = sys::monotonic_ns() ^ (u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    settings.max_requests + seed % (settings.max_requests_jitter + 1)
+    settings.max_requests.saturating_add(seed % settings.max_requests_jitter.saturating_add(1))
 }
 
 /// SIGUSR1 (sent by the master after a log rotation): reopen the log file. The handler is registered
@@ -274,13 +284,15 @@ struct Conn {
     peer_silence: Duration,
     /// Signalled when one of this worker's connections closes: a deferring accept loop looks again.
     closed: tokio::sync::Notify,
+    /// Signalled when the request budget is spent: an accept loop waiting in `accept` looks again whose
+    /// turn it is.
+    spent: tokio::sync::Notify,
     builder: http1::Builder,
     limit: u64,
     /// Set when the worker starts draining: every response from then on carries `Connection: close`.
     draining: AtomicBool,
-    /// Stops the accept loops: `Some(true)` on drain (serve what is already queued first), `Some(false)`
-    /// at the request limit (the other workers take the queue).
-    stop_accepting: watch::Sender<Option<bool>>,
+    /// Stops the accept loops on drain (they serve what is already queued first).
+    stop_accepting: watch::Sender<bool>,
     /// Wakes the master (a worker reached its request limit and needs a replacement).
     master_pipe: Option<Arc<OwnedFd>>,
 }
@@ -293,30 +305,37 @@ impl Conn {
         loop {
             // Registered before the check, so a close right after the check still wakes us.
             let closed = self.closed.notified();
-            if !self.over_share() || tokio::time::Instant::now() >= deadline {
-                return;
-            }
+            let recheck = match self.turn() {
+                Turn::Mine => return,
+                Turn::Defer if tokio::time::Instant::now() >= deadline => return,
+                Turn::Defer => balance::RECHECK,
+                Turn::Yield => balance::YIELD_RECHECK,
+            };
             tokio::select! {
                 _ = closed => {}
-                _ = tokio::time::sleep(balance::RECHECK) => {}
+                _ = tokio::time::sleep(recheck) => {}
             }
         }
     }
 
-    fn over_share(&self) -> bool {
+    /// Whose turn it is to take the next connection.
+    fn turn(&self) -> Turn {
         let fresh_since = sys::monotonic_ns().saturating_sub(self.peer_silence.as_nanos() as u64);
-        let peers = self.board.peer_connections(self.slot.index(), fresh_since);
-        balance::over_share(self.slot.connections(), peers)
+        let mut peers = self.board.peer_connections(self.slot.index(), fresh_since);
+        if self.slot.state() == SlotState::Retiring {
+            return if peers.next().is_some() { Turn::Yield } else { Turn::Mine };
+        }
+        if balance::over_share(self.slot.connections(), peers) { Turn::Defer } else { Turn::Mine }
     }
 
-    /// Called after each request: at the request limit, stop taking new connections, close keep-alive
-    /// connections after their next response, and ask the master for a replacement. The master drains this
-    /// worker once the replacement is ready, so the limit is exact and no request is refused.
+    /// Called after each request: at the request budget, ask the master for a replacement. The worker keeps
+    /// serving its connections, and takes new ones only while no sibling is accepting, until the master
+    /// drains it, which it does once the replacement is ready: capacity never dips, and a replacement that
+    /// cannot be started (fork failures) costs nothing but a longer life.
     fn check_limit(&self) {
         if self.limit > 0 && self.slot.requests() >= self.limit && self.slot.state() == SlotState::Ready {
             self.slot.set_state(SlotState::Retiring);
-            self.draining.store(true, Ordering::Relaxed);
-            let _ = self.stop_accepting.send(Some(false));
+            self.spent.notify_waiters();
             tracing::info!(requests = self.slot.requests(), limit = self.limit, "worker reached max_requests");
             if let Some(fd) = &self.master_pipe {
                 sys::poke_fd(fd.as_raw_fd());
@@ -343,13 +362,14 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout())
         .keep_alive(!settings.keepalive.is_zero());
-    let (stop_accepting, stop_rx) = watch::channel(None);
+    let (stop_accepting, stop_rx) = watch::channel(false);
     let conn = Arc::new(Conn {
         service,
         board,
         slot,
         peer_silence: 2 * settings.heartbeat_interval(),
         closed: tokio::sync::Notify::new(),
+        spent: tokio::sync::Notify::new(),
         builder,
         limit,
         draining: AtomicBool::new(false),
@@ -368,7 +388,7 @@ async fn serve(
     slot.set_state(SlotState::Draining);
     conn.draining.store(true, Ordering::Relaxed);
     tracing::info!(in_flight = slot.view().in_flight, "worker draining");
-    let _ = conn.stop_accepting.send(Some(true));
+    let _ = conn.stop_accepting.send(true);
     for l in loops {
         let _ = l.await;
     }
@@ -395,12 +415,14 @@ async fn accept_loop(
     listener: TcpListener,
     conn: Arc<Conn>,
     graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<Option<bool>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break,
+            // `accept` is cancellation-safe: a connection not taken yet stays queued for whoever's turn it is.
+            _ = conn.spent.notified() => continue,
             accepted = async { conn.wait_turn().await; listener.accept().await } => match accepted {
                 Ok((stream, peer)) => spawn_connection(stream, peer, &conn, &graceful),
                 Err(error) => accept_failed(error).await,
@@ -409,9 +431,6 @@ async fn accept_loop(
     }
     // On drain, serve what the kernel already queued before letting go of the socket, so that a stop resets
     // as few waiting clients as possible.
-    if *stop.borrow() != Some(true) {
-        return;
-    }
     let Ok(listener) = listener.into_std() else { return };
     while let Ok((stream, peer)) = listener.accept() {
         if stream.set_nonblocking(true).is_ok()

@@ -154,10 +154,16 @@ impl Master {
         loop {
             while let Some(event) = events.pop_front() {
                 let actions = self.state.handle(event, sys::monotonic_ns(), &self.board);
+                // The results of these actions (spawns, a loaded configuration) are handled before any other
+                // event, so that the state never acts on a signal while a fork it asked for is unreported.
+                let mut results = Vec::new();
                 for action in actions {
-                    if let Some(code) = self.perform(action, &mut events) {
+                    if let Some(code) = self.perform(action, &mut results) {
                         return code;
                     }
+                }
+                for event in results.into_iter().rev() {
+                    events.push_front(event);
                 }
             }
             let mut counters = self.state.counters().clone();
@@ -181,7 +187,7 @@ impl Master {
         let now = sys::monotonic_ns();
         let phase = self.state.phase();
         let told = match phase {
-            Phase::Stopping { .. } | Phase::Quitting { .. } => Told::Stopping,
+            Phase::Stopping | Phase::Quitting { .. } => Told::Stopping,
             _ if self.state.reloading() => Told::Reloading,
             _ if self.state.settled() => Told::Ready,
             _ => self.told,
@@ -208,7 +214,7 @@ impl Master {
 
     /// Sleeps until a signal, a worker's ready notice, or the next deadline.
     fn wait(&mut self) {
-        let mut sleep_ns = self.state.sleep_for(sys::monotonic_ns(), &self.board);
+        let mut sleep_ns = self.state.sleep_for(sys::monotonic_ns());
         if self.notifier.as_ref().is_some_and(|n| n.watchdog_interval().is_some()) {
             sleep_ns = sleep_ns.min(self.next_watchdog.saturating_sub(sys::monotonic_ns()));
         }
@@ -266,16 +272,14 @@ impl Master {
         out
     }
 
-    /// Performs one action; returns the exit code when the master must stop.
-    fn perform(&mut self, action: Action, events: &mut VecDeque<Event>) -> Option<i32> {
+    /// Performs one action, adding what it reports to `results`; returns the exit code when the master
+    /// must stop.
+    fn perform(&mut self, action: Action, results: &mut Vec<Event>) -> Option<i32> {
         match action {
-            Action::Spawn { slot, generation } => match self.spawn(slot, generation) {
-                Ok(pid) => events.push_back(Event::Spawned { slot, pid }),
-                Err(error) => {
-                    tracing::error!(slot, generation, error = %error, "fork failed");
-                    events.push_back(Event::SpawnFailed { slot });
-                }
-            },
+            Action::Spawn { slot, generation } => results.push(match self.spawn(slot, generation) {
+                Ok(pid) => Event::Spawned { slot, pid },
+                Err(error) => Event::SpawnFailed { slot, error: error.to_string() },
+            }),
             Action::Kill { pid, signal } => {
                 if let Err(error) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
                     && error != nix::errno::Errno::ESRCH
@@ -290,7 +294,7 @@ impl Master {
                     self.generations.insert(generation, Generation { settings: Arc::new(settings), app, listeners });
                     Ok(policy)
                 });
-                events.push_back(Event::ConfigLoaded(loaded));
+                results.push(Event::ConfigLoaded { generation, result: loaded });
             }
             Action::DropGeneration(generation) => {
                 self.generations.remove(&generation);
