@@ -360,16 +360,6 @@ fn a_crash_loop_backs_off_while_siblings_serve() {
     server.wait_workers_ready(2);
 }
 
-/// Seconds of the day from an RFC 3339 timestamp (enough for gaps within one test).
-fn ts_seconds(ts: &str) -> f64 {
-    let time = &ts[11..ts.len() - 1];
-    let mut parts = time.split(':');
-    let h: f64 = parts.next().unwrap().parse().unwrap();
-    let m: f64 = parts.next().unwrap().parse().unwrap();
-    let s: f64 = parts.next().unwrap().parse().unwrap();
-    h * 3600.0 + m * 60.0 + s
-}
-
 // Acceptance 11: idle keep-alive connections close after `keepalive`; keepalive = 0 disables keep-alive.
 #[test]
 fn idle_keepalive_connections_close_after_keepalive_seconds() {

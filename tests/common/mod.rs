@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod app_checks;
+pub mod cgroup;
 pub mod http_client;
 pub mod nginx;
 pub mod pg;
@@ -60,6 +61,16 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Seconds of the day from an RFC 3339 timestamp (enough for gaps within one test).
+pub fn ts_seconds(ts: &str) -> f64 {
+    let time = &ts[11..ts.len() - 1];
+    let mut parts = time.split(':');
+    let h: f64 = parts.next().unwrap().parse().unwrap();
+    let m: f64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
