@@ -94,7 +94,10 @@ impl Harness {
         let mut queue = std::collections::VecDeque::from([event]);
         let mut out = Vec::new();
         let mut failed = false;
+        let mut turns = 0;
         while let Some(event) = queue.pop_front() {
+            turns += 1;
+            assert!(turns < 1_000, "the results of one event keep asking for more: a busy loop");
             failed |= matches!(event, Event::SpawnFailed { .. });
             let mut results = Vec::new();
             for action in self.state.handle(event, self.now, &self.board) {
