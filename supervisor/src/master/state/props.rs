@@ -28,6 +28,9 @@ enum Op {
     Recycle(usize),
     /// The k-th live worker exits.
     Exit(usize, ExitHow),
+    /// The k-th live worker is killed from outside, and a signal reaches the master between the fork of its
+    /// replacement and the fork's result.
+    Race(usize, Sig),
     /// The k-th live worker that was told to drain finishes.
     Drain(usize),
     /// The k-th live worker hangs: no heartbeat, no reaction to signals but SIGKILL.
@@ -72,11 +75,12 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     let word = prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()];
     prop_oneof![
-        6 => sig.prop_map(Op::Signal),
+        6 => sig.clone().prop_map(Op::Signal),
         20 => (1u64..3_000).prop_map(|ms| Op::Advance(ms * MS)),
         12 => (0usize..8).prop_map(Op::Ready),
         3 => (0usize..8).prop_map(Op::Recycle),
         8 => (0usize..8, how).prop_map(|(k, how)| Op::Exit(k, how)),
+        2 => (0usize..8, sig).prop_map(|(k, sig)| Op::Race(k, sig)),
         4 => (0usize..8).prop_map(Op::Drain),
         2 => (0usize..8).prop_map(Op::Hang),
         1 => (0usize..8, word).prop_map(|(k, w)| Op::Stamp(k, w)),
@@ -220,9 +224,31 @@ impl World {
     fn exit(&mut self, pid: i32, how: ExitHow) {
         if self.h.exit.is_none() && !self.h.exited.contains(&pid) {
             let serving_before = self.h.serving().len();
+            let crashes_before = self.h.state.spawner.crashes();
+            let outside_kill = how.is_outside_kill() && !self.told(pid, Signal::SIGKILL);
             let actions = self.h.exit(pid, how);
+            // A worker killed from outside is replaced at once: it never feeds the crash-loop backoff.
+            if outside_kill {
+                assert!(self.h.state.spawner.crashes() <= crashes_before, "an outside kill counted as a crash");
+            }
             self.check_retirements(&actions, serving_before);
             self.check();
+        }
+    }
+
+    /// When `sig` begins a stop, the latest time the master may exit.
+    fn note_stop(&mut self, sig: Sig) {
+        let now = self.h.now;
+        let graceful = self.h.state.policies.values().map(|p| p.graceful_timeout).max().unwrap_or(0);
+        let bound = match (sig, self.h.state.phase) {
+            (Sig::Term, Phase::Starting | Phase::Running) => Some(now + graceful + 2 * MAX_SLEEP),
+            (Sig::Int | Sig::Quit, Phase::Starting | Phase::Running | Phase::Stopping) => {
+                Some(now + QUIT_GRACE + 2 * MAX_SLEEP)
+            }
+            _ => None,
+        };
+        if let Some(bound) = bound {
+            self.exit_by = Some(self.exit_by.map_or(bound, |b| b.min(bound)));
         }
     }
 
@@ -232,20 +258,9 @@ impl World {
     }
 
     fn apply(&mut self, op: &Op) {
-        let now = self.h.now;
         match *op {
             Op::Signal(sig) => {
-                let graceful = self.h.state.policies.values().map(|p| p.graceful_timeout).max().unwrap_or(0);
-                let bound = match (sig, self.h.state.phase) {
-                    (Sig::Term, Phase::Starting | Phase::Running) => Some(now + graceful + 2 * MAX_SLEEP),
-                    (Sig::Int | Sig::Quit, Phase::Starting | Phase::Running | Phase::Stopping) => {
-                        Some(now + QUIT_GRACE + 2 * MAX_SLEEP)
-                    }
-                    _ => None,
-                };
-                if let Some(bound) = bound {
-                    self.exit_by = Some(self.exit_by.map_or(bound, |b| b.min(bound)));
-                }
+                self.note_stop(sig);
                 self.handle(Event::Signal(sig));
             }
             Op::Advance(d) => self.advance(d),
@@ -262,6 +277,16 @@ impl World {
             Op::Exit(k, how) => {
                 if let Some(pid) = self.nth(k, |_, _| true) {
                     self.exit(pid, how);
+                }
+            }
+            Op::Race(k, sig) => {
+                if let Some(pid) = self.nth(k, |_, _| true) {
+                    self.note_stop(sig);
+                    self.h.interject = Some(Event::Signal(sig));
+                    self.exit(pid, ExitHow::Signal(Signal::SIGKILL as i32));
+                    if let Some(event) = self.h.interject.take() {
+                        self.handle(event);
+                    }
                 }
             }
             Op::Drain(k) => {

@@ -60,6 +60,9 @@ pub struct Harness {
     pub exited: std::collections::BTreeSet<i32>,
     /// A spawn was asked for after a failed one in the same turn (a busy loop).
     pub spawn_after_failure: bool,
+    /// An event to deliver between the next spawn and its result (a race the executor avoids; the state
+    /// must not depend on it).
+    pub interject: Option<Event>,
 }
 
 impl Harness {
@@ -76,6 +79,7 @@ impl Harness {
             exit: None,
             exited: Default::default(),
             spawn_after_failure: false,
+            interject: None,
         }
     }
 
@@ -107,6 +111,7 @@ impl Harness {
                         results.push(Event::SpawnFailed { slot: *slot, error: "EAGAIN".into() })
                     }
                     Action::Spawn { slot, .. } => {
+                        results.extend(self.interject.take());
                         self.next_pid += 1;
                         self.board.set(*slot, self.next_pid, SlotState::Booting, self.now);
                         self.slots.insert(self.next_pid, *slot);
