@@ -1,10 +1,10 @@
 //! Settings from four layers: command-line flag > environment > config file > default.
 //!
-//! Every key the server understands is listed once in [`KEYS`], with its environment names (the first set one
-//! wins, so `SUPERVISOR_TIMEOUT` beats `GUNICORN_TIMEOUT`) and its flag. Each resolved value remembers its
-//! [`Source`], so that an error names the key and where the bad value came from, and `supervisor check` and
-//! the startup log can say where every value came from. The environment is read through a function so tests
-//! can feed a map.
+//! Every key is declared once in [`crate::settings::SETTINGS`], with its environment names (the first set one
+//! wins, so `SUPERVISOR_TIMEOUT` beats `GUNICORN_TIMEOUT`), its flag, type, bounds and default. Each resolved
+//! value remembers its [`Source`], so that an error names the key and where the bad value came from, and
+//! `supervisor check` and the startup log can say where every value came from. The environment is read
+//! through a function so tests can feed a map.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +15,8 @@ use std::time::Duration;
 use supervisor::Settings;
 use supervisor::logging::LogLevel;
 
+use crate::settings::{DefaultValue, Kind, OnHup, SECTIONS, SETTINGS, Setting, setting_of};
+
 /// Where a value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -24,7 +26,7 @@ pub enum Source {
     File(PathBuf),
     /// An environment variable.
     Env(&'static str),
-    /// A command-line flag.
+    /// A command-line flag (its long name, without the dashes).
     Flag(&'static str),
 }
 
@@ -34,7 +36,7 @@ impl fmt::Display for Source {
             Source::Default => f.write_str("default"),
             Source::File(path) => write!(f, "file {}", path.display()),
             Source::Env(name) => write!(f, "env {name}"),
-            Source::Flag(name) => write!(f, "flag {name}"),
+            Source::Flag(name) => write!(f, "flag --{name}"),
         }
     }
 }
@@ -58,55 +60,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// One configurable key.
-pub struct Key {
-    /// Dotted path in the TOML file (`timeout`, `app.env`, `database.url`).
-    pub path: &'static str,
-    /// Environment variables, highest precedence first.
-    pub env: &'static [&'static str],
-    /// Command-line flag, if any.
-    pub flag: Option<&'static str>,
-}
-
-const fn key(path: &'static str, env: &'static [&'static str], flag: Option<&'static str>) -> Key {
-    Key { path, env, flag }
-}
-
-/// Every key, in the order `check` prints them.
-pub const KEYS: &[Key] = &[
-    key("bind", &["SUPERVISOR_BIND"], Some("--bind")),
-    key("backlog", &["SUPERVISOR_BACKLOG"], Some("--backlog")),
-    key("workers", &["WEB_CONCURRENCY"], Some("--workers")),
-    key("threads", &["SUPERVISOR_THREADS"], Some("--threads")),
-    key("timeout", &["SUPERVISOR_TIMEOUT", "GUNICORN_TIMEOUT"], Some("--timeout")),
-    key("graceful_timeout", &["SUPERVISOR_GRACEFUL_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT"], Some("--graceful-timeout")),
-    key("keepalive", &["SUPERVISOR_KEEPALIVE", "GUNICORN_KEEPALIVE"], Some("--keepalive")),
-    key("log_level", &["SUPERVISOR_LOG_LEVEL", "GUNICORN_LOG_LEVEL"], Some("--log-level")),
-    key("boot_timeout", &["SUPERVISOR_BOOT_TIMEOUT"], Some("--boot-timeout")),
-    key("max_requests", &["SUPERVISOR_MAX_REQUESTS"], Some("--max-requests")),
-    key("max_requests_jitter", &["SUPERVISOR_MAX_REQUESTS_JITTER"], Some("--max-requests-jitter")),
-    key("pidfile", &["SUPERVISOR_PIDFILE"], Some("--pidfile")),
-    key("log_file", &["SUPERVISOR_LOG_FILE"], Some("--log-file")),
-    key("app.env", &["APP_ENV"], None),
-    key("app.request_timeout", &["APP_REQUEST_TIMEOUT"], None),
-    key("app.max_body_bytes", &["APP_MAX_BODY_BYTES"], None),
-    key("app.access_log", &["APP_ACCESS_LOG"], None),
-    key("app.forwarded_allow_ips", &["FORWARDED_ALLOW_IPS"], None),
-    key("app.cors_origins", &["CORS_ORIGINS"], None),
-    key("app.cors_allow_credentials", &["CORS_ALLOW_CREDENTIALS"], None),
-    key("app.debug_routes", &[], None),
-    key("app.debug_fail_boot_file", &[], None),
-    key("app.debug_boot_delay", &[], None),
-    // Shown redacted (no password) wherever settings are printed.
-    key("database.url", &["DATABASE_URL"], None),
-    key("database.pool_size", &["DATABASE_POOL_SIZE"], None),
-    key("database.connect_timeout", &["DATABASE_CONNECT_TIMEOUT"], None),
-    key("database.wait_timeout", &["DATABASE_WAIT_TIMEOUT"], None),
-    key("database.create_timeout", &["DATABASE_CREATE_TIMEOUT"], None),
-    key("database.readiness_timeout", &["DATABASE_READINESS_TIMEOUT"], None),
-    key("database.max_connections", &["DATABASE_MAX_CONNECTIONS"], None),
-];
-
 /// The resolved configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -120,7 +73,7 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Application settings.
     pub app: app::Config,
-    /// Every key with its display value and source, in [`KEYS`] order.
+    /// Every setting with its display value and source, in declaration order.
     pub report: Vec<(&'static str, String, Source)>,
 }
 
@@ -128,6 +81,15 @@ impl Config {
     /// `key=value (source)` pairs for the startup log line.
     pub fn summary(&self) -> String {
         self.report.iter().map(|(k, v, s)| format!("{k}={v} ({s})")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The settings a reload cannot apply whose value differs in `newer`.
+    pub fn needs_restart(&self, newer: &Config) -> Vec<&'static str> {
+        let shown = |c: &Config, key: &str| c.report.iter().find(|r| r.0 == key).map(|r| r.1.clone());
+        (SETTINGS.iter().filter(|s| s.on_hup == OnHup::NeedsRestart))
+            .filter(|s| shown(self, s.key) != shown(newer, s.key))
+            .map(|s| s.key)
+            .collect()
     }
 }
 
@@ -142,11 +104,13 @@ pub struct Layers {
     file: toml::Table,
     path: Option<PathBuf>,
     env: BTreeMap<&'static str, String>,
+    /// Flag values by setting key.
     flags: BTreeMap<&'static str, String>,
 }
 
 impl Layers {
-    /// Reads the config file (if any) and the environment through `env`; `flags` maps flag names to values.
+    /// Reads the config file (if any) and the environment through `env`; `flags` maps setting keys to the
+    /// values given on the command line.
     pub fn new(
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
@@ -170,24 +134,22 @@ impl Layers {
                 table
             }
         };
-        let env = KEYS.iter().flat_map(|k| k.env.iter()).filter_map(|&name| env(name).map(|v| (name, v))).collect();
+        let env = SETTINGS.iter().flat_map(|s| s.env.iter()).filter_map(|&name| env(name).map(|v| (name, v))).collect();
         Ok(Layers { file, path: path.map(Path::to_path_buf), env, flags })
     }
 
-    /// The highest-precedence raw value of `key`, if any layer sets it.
-    fn raw(&self, key: &Key) -> Option<(Raw, Source)> {
-        if let Some(flag) = key.flag
-            && let Some(v) = self.flags.get(flag)
-        {
+    /// The highest-precedence raw value of a setting, if any layer sets it.
+    fn raw(&self, s: &Setting) -> Option<(Raw, Source)> {
+        if let (Some(flag), Some(v)) = (s.flag, self.flags.get(s.key)) {
             return Some((Raw::Text(v.clone()), Source::Flag(flag)));
         }
-        for &name in key.env {
+        for &name in s.env {
             if let Some(v) = self.env.get(name) {
                 return Some((Raw::Text(v.clone()), Source::Env(name)));
             }
         }
         let mut node = &self.file;
-        let mut parts = key.path.split('.').peekable();
+        let mut parts = s.key.split('.').peekable();
         while let Some(part) = parts.next() {
             let value = node.get(part)?;
             if parts.peek().is_none() {
@@ -199,97 +161,67 @@ impl Layers {
         None
     }
 
-    /// Resolves every key, validates, and builds the configuration.
+    /// Resolves every setting, validates, and builds the configuration: the consumer of each declaration.
     pub fn resolve(&self, cpus: (usize, supervisor::cpus::CpuSource)) -> Result<Config, ConfigError> {
-        let mut r = Resolver { layers: self, report: Vec::new(), sources: BTreeMap::new() };
-        let d = Settings::default();
-        let (n, cpu_source) = cpus;
-        let default_workers = n.clamp(2, 4);
-        let bind = r.get(
-            "bind",
-            d.bind.clone(),
-            |raw| list(raw)?.iter().map(|s| parse_addr(s)).collect(),
-            |v| format!("{v:?}"),
-        )?;
+        let mut r = Resolver { layers: self, values: BTreeMap::new() };
+        let bind = r.list("bind")?;
+        let bind: Vec<SocketAddr> = r.check("bind", bind.iter().map(|s| parse_addr(s)).collect())?;
         if bind.is_empty() {
             return Err(r.error("bind", "at least one address is required"));
         }
-        let backlog = r.get("backlog", d.backlog as u64, |raw| int(raw, 1, 65_535), u64::to_string)? as u32;
-        let workers =
-            r.get("workers", default_workers as u64, |raw| int(raw, 0, Settings::MAX_WORKERS as u64), u64::to_string)?;
-        if r.sources["workers"] == Source::Default {
-            let last = r.report.last_mut().expect("workers was just reported");
-            last.1 = format!("{workers} [min(4, max(2, {n} CPUs from {}))]", cpu_source.as_str());
-        }
-        let threads = r.get("threads", d.threads as u64, |raw| int(raw, 1, 64), u64::to_string)? as usize;
-        let timeout = r.get("timeout", d.timeout, |raw| seconds(raw, 1.0, DAY), secs)?;
-        let graceful_timeout = r.get("graceful_timeout", d.graceful_timeout, |raw| seconds(raw, 0.0, DAY), secs)?;
-        let keepalive = r.get("keepalive", d.keepalive, |raw| seconds(raw, 0.0, 3600.0), secs)?;
-        let log_level = r.get("log_level", LogLevel::Info, |raw| text(raw)?.parse(), |l| l.as_str().into())?;
-        let boot_timeout = r.get("boot_timeout", d.boot_timeout, |raw| seconds(raw, 1.0, DAY), secs)?;
-        let max_requests = r.get("max_requests", 0, |raw| int(raw, 0, MAX_COUNT), u64::to_string)?;
-        let max_requests_jitter = r.get("max_requests_jitter", 0, |raw| int(raw, 0, MAX_COUNT), u64::to_string)?;
-        let pidfile = r.get(
-            "pidfile",
-            None,
-            |raw| Ok(Some(PathBuf::from(text(raw)?))),
-            |p| opt(p.as_ref().map(|p| p.display())),
-        )?;
-        let log_file = r.get(
-            "log_file",
-            None,
-            |raw| Ok(Some(PathBuf::from(text(raw)?))),
-            |p| opt(p.as_ref().map(|p| p.display())),
-        )?;
+        let backlog = r.count("backlog")? as u32;
+        let (n, cpu_source) = cpus;
+        let workers = match r.opt_count("workers")? {
+            Some(workers) => workers as usize,
+            None => {
+                let workers = n.clamp(2, 4);
+                r.show("workers", format!("{workers} [min(4, max(2, {n} CPUs from {}))]", cpu_source.as_str()));
+                workers
+            }
+        };
+        let threads = r.count("threads")? as usize;
+        let timeout = r.seconds("timeout")?;
+        let graceful_timeout = r.seconds("graceful_timeout")?;
+        let keepalive = r.seconds("keepalive")?;
+        let log_level = r.text("log_level")?.unwrap_or_default();
+        let log_level = r.check("log_level", log_level.parse::<LogLevel>())?;
+        let boot_timeout = r.seconds("boot_timeout")?;
+        let max_requests = r.count("max_requests")?;
+        let max_requests_jitter = r.count("max_requests_jitter")?;
+        let pidfile = r.text("pidfile")?.map(PathBuf::from);
+        let log_file = r.text("log_file")?.map(PathBuf::from);
 
-        let a = app::Config::default();
-        let env =
-            r.get("app.env", a.env, |raw| text(raw)?.parse::<app::AppEnv>().map_err(|e| e.message), |e| e.to_string())?;
-        let request_timeout = r.get("app.request_timeout", timeout, |raw| seconds(raw, 0.01, DAY), secs)?;
-        let max_body_bytes =
-            r.get("app.max_body_bytes", a.max_body_bytes as u64, |raw| int(raw, 1, 1 << 30), u64::to_string)? as usize;
-        let access_log = r.get("app.access_log", a.access_log, boolean, bool::to_string)?;
-        let forwarded_allow_ips = r.get(
+        let env = r.text("app.env")?.unwrap_or_default();
+        let env = r.check("app.env", env.parse::<app::AppEnv>().map_err(|e| e.message))?;
+        let request_timeout = match r.opt_seconds("app.request_timeout")? {
+            Some(t) => t,
+            None => {
+                r.show("app.request_timeout", secs(&timeout));
+                timeout
+            }
+        };
+        let max_body_bytes = r.count("app.max_body_bytes")? as usize;
+        let access_log = r.boolean("app.access_log")?;
+        let forwarded_allow_ips = r.list("app.forwarded_allow_ips")?;
+        let forwarded_allow_ips = r.check(
             "app.forwarded_allow_ips",
-            a.forwarded_allow_ips.clone(),
-            |raw| {
-                list(raw)?
-                    .iter()
-                    .map(|s| s.parse::<IpAddr>().map_err(|_| format!("{s:?} is not an IP address")))
-                    .collect()
-            },
-            |v| format!("{v:?}"),
+            forwarded_allow_ips
+                .iter()
+                .map(|s| s.parse::<IpAddr>().map_err(|_| format!("{s:?} is not an IP address")))
+                .collect(),
         )?;
-        let cors_origins = r.get("app.cors_origins", a.cors_origins.clone(), list, |v| format!("{v:?}"))?;
-        let cors_allow_credentials =
-            r.get("app.cors_allow_credentials", a.cors_allow_credentials, boolean, bool::to_string)?;
-        let debug_routes = r.get("app.debug_routes", a.debug_routes, boolean, bool::to_string)?;
-        let debug_fail_boot_file = r.get(
-            "app.debug_fail_boot_file",
-            None,
-            |raw| Ok(Some(PathBuf::from(text(raw)?))),
-            |p| opt(p.as_ref().map(|p| p.display())),
-        )?;
-        let debug_boot_delay =
-            r.get("app.debug_boot_delay", a.debug_boot_delay, |raw| seconds(raw, 0.0, 3600.0), secs)?;
-        let db = &a.database;
-        let url =
-            r.get("database.url", None, |raw| Ok(Some(app::DatabaseUrl::new(text(raw)?))), |u| opt(u.as_ref()))?;
-        let pool_size =
-            r.get("database.pool_size", db.pool_size as u64, |raw| int(raw, 1, 10_000), u64::to_string)? as usize;
-        let connect_timeout =
-            r.get("database.connect_timeout", db.connect_timeout, |raw| seconds(raw, 0.01, 3600.0), secs)?;
-        let wait_timeout = r.get("database.wait_timeout", db.wait_timeout, |raw| seconds(raw, 0.01, 3600.0), secs)?;
-        let create_timeout =
-            r.get("database.create_timeout", db.create_timeout, |raw| seconds(raw, 0.01, 3600.0), secs)?;
-        let readiness_timeout =
-            r.get("database.readiness_timeout", db.readiness_timeout, |raw| seconds(raw, 0.01, 3600.0), secs)?;
-        let max_connections = r.get(
-            "database.max_connections",
-            None,
-            |raw| int(raw, 1, u32::MAX as u64).map(|n| Some(n as u32)),
-            |n| opt(n.as_ref()),
-        )?;
+        let cors_origins = r.list("app.cors_origins")?;
+        let cors_allow_credentials = r.boolean("app.cors_allow_credentials")?;
+        let debug_routes = r.boolean("app.debug_routes")?;
+        let debug_fail_boot_file = r.text("app.debug_fail_boot_file")?.map(PathBuf::from);
+        let debug_boot_delay = r.seconds("app.debug_boot_delay")?;
+        let url = r.text("database.url")?.map(app::DatabaseUrl::new);
+        let pool_size = r.count("database.pool_size")? as usize;
+        let connect_timeout = r.seconds("database.connect_timeout")?;
+        let wait_timeout = r.seconds("database.wait_timeout")?;
+        let create_timeout = r.seconds("database.create_timeout")?;
+        let readiness_timeout = r.seconds("database.readiness_timeout")?;
+        let max_connections = r.opt_count("database.max_connections")?.map(|n| n as u32);
 
         let app = app::Config {
             env,
@@ -316,7 +248,7 @@ impl Layers {
         let supervisor = Settings {
             bind,
             backlog,
-            workers: workers.max(1) as usize,
+            workers: workers.max(1),
             threads,
             timeout,
             graceful_timeout,
@@ -326,65 +258,152 @@ impl Layers {
             max_requests_jitter,
             pidfile,
         };
-        Ok(Config { supervisor, single_process: workers == 0, log_level, log_file, app, report: r.report })
+        let report = SETTINGS
+            .iter()
+            .map(|s| {
+                let (shown, source) = r.values.remove(s.key).unwrap_or_else(|| panic!("`{}` is never read", s.key));
+                (s.key, shown, source)
+            })
+            .collect();
+        Ok(Config { supervisor, single_process: workers == 0, log_level, log_file, app, report })
     }
+}
+
+/// A value parsed by its setting's kind.
+enum Parsed {
+    Seconds(Duration),
+    Count(u64),
+    Bool(bool),
+    Text(String),
+    List(Vec<String>),
 }
 
 struct Resolver<'a> {
     layers: &'a Layers,
-    report: Vec<(&'static str, String, Source)>,
-    sources: BTreeMap<&'static str, Source>,
+    /// Display value and source of every setting read so far.
+    values: BTreeMap<&'static str, (String, Source)>,
 }
 
 impl Resolver<'_> {
-    /// Resolves one key: parses the winning layer's value, or takes the default, and records the source.
-    fn get<T>(
-        &mut self,
-        path: &'static str,
-        default: T,
-        parse: impl FnOnce(&Raw) -> Result<T, String>,
-        show: impl FnOnce(&T) -> String,
-    ) -> Result<T, ConfigError> {
-        let key = KEYS.iter().find(|k| k.path == path).expect("every resolved key is listed in KEYS");
-        let (value, source) = match self.layers.raw(key) {
-            None => (default, Source::Default),
-            Some((raw, source)) => match parse(&raw) {
-                Ok(v) => (v, source),
-                Err(message) => return Err(ConfigError { key: path.into(), source, message }),
+    /// The value of `key` from the highest layer that sets it, or its default, parsed and checked against
+    /// its declaration; `None` when it is unset and has no literal default.
+    fn get(&mut self, key: &'static str) -> Result<Option<Parsed>, ConfigError> {
+        let s = setting_of(key);
+        let (parsed, source) = match self.layers.raw(s) {
+            Some((raw, source)) => match parse(s.kind, &raw) {
+                Ok(v) => (Some(v), source),
+                Err(message) => return Err(ConfigError { key: key.into(), source, message }),
+            },
+            None => match s.default {
+                DefaultValue::Value(literal) => {
+                    let value = format!("v = {literal}").parse::<toml::Table>().expect("a TOML default")["v"].clone();
+                    let parsed = parse(s.kind, &Raw::Toml(value)).expect("a default within its bounds");
+                    (Some(parsed), Source::Default)
+                }
+                DefaultValue::Unset(_) | DefaultValue::Computed(..) => (None, Source::Default),
             },
         };
-        let shown = show(&value);
-        self.report.push((path, shown, source.clone()));
-        self.sources.insert(path, source);
-        Ok(value)
+        let shown = match &parsed {
+            None => "none".to_string(),
+            Some(Parsed::Seconds(d)) => secs(d),
+            Some(Parsed::Count(n)) => n.to_string(),
+            Some(Parsed::Bool(b)) => b.to_string(),
+            Some(Parsed::Text(t)) if s.secret => app::DatabaseUrl::new(t.clone()).redacted(),
+            Some(Parsed::Text(t)) => t.clone(),
+            Some(Parsed::List(items)) => format!("[{}]", items.join(", ")),
+        };
+        self.values.insert(key, (shown, source));
+        Ok(parsed)
+    }
+
+    fn opt_seconds(&mut self, key: &'static str) -> Result<Option<Duration>, ConfigError> {
+        Ok(match self.get(key)? {
+            Some(Parsed::Seconds(d)) => Some(d),
+            _ => None,
+        })
+    }
+
+    fn seconds(&mut self, key: &'static str) -> Result<Duration, ConfigError> {
+        Ok(self.opt_seconds(key)?.unwrap_or_else(|| panic!("`{key}` has a default")))
+    }
+
+    fn opt_count(&mut self, key: &'static str) -> Result<Option<u64>, ConfigError> {
+        Ok(match self.get(key)? {
+            Some(Parsed::Count(n)) => Some(n),
+            _ => None,
+        })
+    }
+
+    fn count(&mut self, key: &'static str) -> Result<u64, ConfigError> {
+        Ok(self.opt_count(key)?.unwrap_or_else(|| panic!("`{key}` has a default")))
+    }
+
+    fn boolean(&mut self, key: &'static str) -> Result<bool, ConfigError> {
+        Ok(matches!(self.get(key)?, Some(Parsed::Bool(true))))
+    }
+
+    fn text(&mut self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        Ok(match self.get(key)? {
+            Some(Parsed::Text(t)) => Some(t),
+            _ => None,
+        })
+    }
+
+    fn list(&mut self, key: &'static str) -> Result<Vec<String>, ConfigError> {
+        Ok(match self.get(key)? {
+            Some(Parsed::List(items)) => items,
+            _ => Vec::new(),
+        })
+    }
+
+    /// Replaces how a read value is displayed (a computed default says how it was computed).
+    fn show(&mut self, key: &'static str, shown: String) {
+        if let Some(entry) = self.values.get_mut(key) {
+            entry.0 = shown;
+        }
+    }
+
+    /// A further check of a read value, its error naming the key and where the value came from.
+    fn check<T>(&self, key: &str, result: Result<T, String>) -> Result<T, ConfigError> {
+        result.map_err(|message| self.error(key, &message))
     }
 
     /// An error about an already resolved key.
-    fn error(&self, path: &str, message: &str) -> ConfigError {
-        let source = self.sources.get(path).cloned().unwrap_or(Source::Default);
-        ConfigError { key: path.into(), source, message: message.into() }
+    fn error(&self, key: &str, message: &str) -> ConfigError {
+        let source = self.values.get(key).map_or(Source::Default, |v| v.1.clone());
+        ConfigError { key: key.into(), source, message: message.into() }
     }
 }
 
 /// Rejects keys the server does not know, naming the first one.
 fn check_known_keys(table: &toml::Table, source: &Source) -> Result<(), ConfigError> {
+    let unknown = |key: String| ConfigError { key, source: source.clone(), message: "unknown key".into() };
     for (name, value) in table {
-        let known_table = KEYS.iter().any(|k| k.path.starts_with(&format!("{name}.")));
-        let known_key = KEYS.iter().any(|k| k.path == name.as_str());
         match value.as_table() {
-            Some(sub) if known_table => {
+            Some(sub) if SECTIONS.contains(&name.as_str()) => {
                 for inner in sub.keys() {
-                    let path = format!("{name}.{inner}");
-                    if !KEYS.iter().any(|k| k.path == path) {
-                        return Err(ConfigError { key: path, source: source.clone(), message: "unknown key".into() });
+                    let key = format!("{name}.{inner}");
+                    if !SETTINGS.iter().any(|s| s.key == key) {
+                        return Err(unknown(key));
                     }
                 }
             }
-            _ if known_key => {}
-            _ => return Err(ConfigError { key: name.clone(), source: source.clone(), message: "unknown key".into() }),
+            _ if SETTINGS.iter().any(|s| s.key == name.as_str()) => {}
+            _ => return Err(unknown(name.clone())),
         }
     }
     Ok(())
+}
+
+/// Parses a raw value as `kind`, within its bounds.
+fn parse(kind: Kind, raw: &Raw) -> Result<Parsed, String> {
+    Ok(match kind {
+        Kind::Seconds { min, max } => Parsed::Seconds(seconds(raw, min, max)?),
+        Kind::Count { min, max } => Parsed::Count(int(raw, min, max)?),
+        Kind::Bool => Parsed::Bool(boolean(raw)?),
+        Kind::Text => Parsed::Text(text(raw)?),
+        Kind::List => Parsed::List(list(raw)?),
+    })
 }
 
 fn text(raw: &Raw) -> Result<String, String> {
@@ -406,11 +425,6 @@ fn int(raw: &Raw, min: u64, max: u64) -> Result<u64, String> {
     }
     Ok(n as u64)
 }
-
-/// Seconds in a day: the upper bound of most durations.
-const DAY: f64 = 86_400.0;
-/// Upper bound of request counts (`max_requests`, its jitter).
-const MAX_COUNT: u64 = 1_000_000_000;
 
 fn seconds(raw: &Raw, min: f64, max: f64) -> Result<Duration, String> {
     let s: f64 = match raw {
@@ -460,10 +474,6 @@ fn secs(d: &Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
-fn opt(v: Option<impl fmt::Display>) -> String {
-    v.map_or_else(|| "none".into(), |v| v.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,11 +506,11 @@ mod tests {
         let c = load(
             "timeout = 10\nkeepalive = 7\nthreads = 2\n",
             &[("GUNICORN_TIMEOUT", "20"), ("SUPERVISOR_KEEPALIVE", "8")],
-            &[("--timeout", "30")],
+            &[("timeout", "30")],
         )
         .unwrap();
         assert_eq!(c.supervisor.timeout, Duration::from_secs(30));
-        assert_eq!(source_of(&c, "timeout"), Source::Flag("--timeout"));
+        assert_eq!(source_of(&c, "timeout"), Source::Flag("timeout"));
         assert_eq!(c.supervisor.keepalive, Duration::from_secs(8));
         assert_eq!(source_of(&c, "keepalive"), Source::Env("SUPERVISOR_KEEPALIVE"));
         assert_eq!(c.supervisor.threads, 2);
@@ -536,8 +546,8 @@ mod tests {
         assert!(matches!(e.source, Source::File(_)));
         let e = load("", &[("GUNICORN_KEEPALIVE", "abc")], &[]).unwrap_err();
         assert_eq!((e.key.as_str(), e.source), ("keepalive", Source::Env("GUNICORN_KEEPALIVE")));
-        let e = load("", &[], &[("--workers", "500")]).unwrap_err();
-        assert_eq!((e.key.as_str(), e.source), ("workers", Source::Flag("--workers")));
+        let e = load("", &[], &[("workers", "500")]).unwrap_err();
+        assert_eq!((e.key.as_str(), e.source), ("workers", Source::Flag("workers")));
         let e = load("timeout = 0\n", &[], &[]).unwrap_err();
         assert_eq!(e.key, "timeout");
         let e = load("", &[("SUPERVISOR_BIND", "localhost")], &[]).unwrap_err();
@@ -594,6 +604,34 @@ mod tests {
         let c = load("", &[("DATABASE_URL", "postgres://app:hunter2@db:5432/app")], &[]).unwrap();
         assert!(!c.summary().contains("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn declared_defaults_are_the_typed_defaults() {
+        let c = load("", &[], &[]).unwrap();
+        assert_eq!(c.supervisor, Settings::default());
+        assert_eq!(c.app, app::Config::default());
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.log_file, None);
+        assert_eq!(
+            c.report.iter().map(|r| r.0).collect::<Vec<_>>(),
+            SETTINGS.iter().map(|s| s.key).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn every_key_the_app_names_is_declared() {
+        for key in app::keys::ALL {
+            setting_of(key);
+        }
+    }
+
+    #[test]
+    fn a_reload_names_the_changed_settings_that_need_a_restart() {
+        let before = load("timeout = 10\nlog_level = \"info\"\n", &[], &[]).unwrap();
+        let after = load("timeout = 20\nlog_level = \"debug\"\npidfile = \"/tmp/x.pid\"\n", &[], &[]).unwrap();
+        assert_eq!(before.needs_restart(&after), ["log_level", "pidfile"]);
+        assert!(before.needs_restart(&before).is_empty());
     }
 
     #[test]

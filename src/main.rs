@@ -9,100 +9,49 @@
 
 mod config;
 mod healthcheck;
+mod settings;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Layers};
 
-/// A prefork HTTP application server.
+/// A prefork HTTP application server. Flags beat the environment, which beats the config file.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    #[command(flatten)]
-    flags: Flags,
-}
-
-/// Settings that can be given on the command line (they beat the environment and the file).
-#[derive(clap::Args, Debug, Default)]
-struct Flags {
     /// Config file (TOML).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
-    /// Address to listen on, HOST:PORT (repeat or comma-separate for several).
-    #[arg(long, global = true)]
-    bind: Vec<String>,
-    /// Listen backlog.
-    #[arg(long, global = true)]
-    backlog: Option<String>,
-    /// Number of worker processes (0: serve in a single process, no master).
-    #[arg(long, short, global = true)]
-    workers: Option<String>,
-    /// Runtime threads per worker.
-    #[arg(long, global = true)]
-    threads: Option<String>,
-    /// Seconds of heartbeat silence before a worker is killed.
-    #[arg(long, short, global = true)]
-    timeout: Option<String>,
-    /// Seconds granted to in-flight requests on a graceful stop.
-    #[arg(long, global = true)]
-    graceful_timeout: Option<String>,
-    /// Seconds an idle keep-alive connection is kept open (0 disables keep-alive).
-    #[arg(long, global = true)]
-    keepalive: Option<String>,
-    /// trace, debug, info, warning, error.
-    #[arg(long, global = true)]
-    log_level: Option<String>,
-    /// Seconds a new worker has to become ready.
-    #[arg(long, global = true)]
-    boot_timeout: Option<String>,
-    /// Recycle a worker after this many requests (0: never).
-    #[arg(long, global = true)]
-    max_requests: Option<String>,
-    /// Random extra requests per worker before recycling.
-    #[arg(long, global = true)]
-    max_requests_jitter: Option<String>,
-    /// Write the master's pid to this file.
-    #[arg(long, global = true)]
-    pidfile: Option<String>,
-    /// Log to this file instead of standard output (reopened on SIGUSR1).
-    #[arg(long, global = true)]
-    log_file: Option<String>,
 }
 
-impl Flags {
-    fn to_map(&self) -> BTreeMap<&'static str, String> {
-        let mut m = BTreeMap::new();
-        if !self.bind.is_empty() {
-            m.insert("--bind", self.bind.join(","));
+/// The CLI: the subcommands and `--config` above, plus one flag per declared setting that has one.
+fn cli() -> clap::Command {
+    settings::SETTINGS.iter().fold(Cli::command(), |cmd, s| match s.flag {
+        None => cmd,
+        Some(flag) => {
+            let arg = clap::Arg::new(s.key).long(flag).global(true).value_name("VALUE").help(s.doc);
+            let arg = if let Some(short) = s.short { arg.short(short) } else { arg };
+            // A list flag may be repeated (`--bind a --bind b`) as well as comma-separated.
+            cmd.arg(if s.kind == settings::Kind::List { arg.action(clap::ArgAction::Append) } else { arg })
         }
-        let single = [
-            ("--backlog", &self.backlog),
-            ("--workers", &self.workers),
-            ("--threads", &self.threads),
-            ("--timeout", &self.timeout),
-            ("--graceful-timeout", &self.graceful_timeout),
-            ("--keepalive", &self.keepalive),
-            ("--log-level", &self.log_level),
-            ("--boot-timeout", &self.boot_timeout),
-            ("--max-requests", &self.max_requests),
-            ("--max-requests-jitter", &self.max_requests_jitter),
-            ("--pidfile", &self.pidfile),
-            ("--log-file", &self.log_file),
-        ];
-        for (name, value) in single {
-            if let Some(v) = value {
-                m.insert(name, v.clone());
-            }
-        }
-        m
-    }
+    })
+}
+
+/// The setting flags given on the command line, by setting key.
+fn flag_values(matches: &clap::ArgMatches) -> BTreeMap<&'static str, String> {
+    (settings::SETTINGS.iter().filter(|s| s.flag.is_some()))
+        .filter_map(|s| {
+            let values: Vec<String> = matches.get_many::<String>(s.key)?.cloned().collect();
+            Some((s.key, values.join(",")))
+        })
+        .collect()
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,8 +71,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = cli().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, flag_values(&matches)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             let code = if error.is::<ConfigError>() { 2 } else { 1 };
@@ -133,11 +83,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+fn run(cli: Cli, flags: BTreeMap<&'static str, String>) -> anyhow::Result<u8> {
     if let Some(Command::Healthcheck { url }) = &cli.command {
         return Ok(healthcheck::probe(url));
     }
-    let config = load(&cli.flags)?;
+    let flags = Flags { config: cli.config, values: flags };
+    let config = load(&flags)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => {
             for (key, value, source) in &config.report {
@@ -162,13 +113,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
         }
-        Command::Serve => serve(config, cli.flags),
+        Command::Serve => serve(config, flags),
         Command::Healthcheck { .. } => unreachable!("handled above"),
     }
 }
 
+/// What the command line says about the configuration: the file, and the setting flags by key.
+struct Flags {
+    config: Option<PathBuf>,
+    values: BTreeMap<&'static str, String>,
+}
+
 fn load(flags: &Flags) -> Result<Config, ConfigError> {
-    let layers = Layers::new(flags.config.as_deref(), |name| std::env::var(name).ok(), flags.to_map())?;
+    let layers = Layers::new(flags.config.as_deref(), |name| std::env::var(name).ok(), flags.values.clone())?;
     layers.resolve(supervisor::cpus::usable_cpus())
 }
 
@@ -192,13 +149,19 @@ fn serve(config: Config, flags: Flags) -> anyhow::Result<u8> {
     if config.single_process {
         return Ok(supervisor::serve_in_process(&config.supervisor, app)? as u8);
     }
+    let settings = config.supervisor.clone();
+    let running = config;
     let reloader: supervisor::Reloader = Box::new(move || {
         let config = load(&flags).map_err(|e| e.to_string())?;
         tracing::info!(settings = %config.summary(), "reloaded settings");
+        let ignored = running.needs_restart(&config);
+        if !ignored.is_empty() {
+            tracing::warn!(keys = %ignored.join(", "), "changed settings that only a restart applies: ignored");
+        }
         let app: Arc<dyn supervisor::WorkerApp> = Arc::new(app::App::with_metrics(config.app, metrics));
         Ok((config.supervisor, app))
     });
-    Ok(supervisor::run(config.supervisor, app, reloader)? as u8)
+    Ok(supervisor::run(settings, app, reloader)? as u8)
 }
 
 /// A runtime for one-shot async work in this process (migrations). Never used by `serve`: the master

@@ -228,6 +228,25 @@ pub mod keys {
     pub const CREATE_TIMEOUT: &str = "database.create_timeout";
     pub const READINESS_TIMEOUT: &str = "database.readiness_timeout";
     pub const MAX_CONNECTIONS: &str = "database.max_connections";
+
+    /// Every key above.
+    pub const ALL: &[&str] = &[
+        ENV,
+        DEBUG_ROUTES,
+        DEBUG_FAIL_BOOT_FILE,
+        DEBUG_BOOT_DELAY,
+        REQUEST_TIMEOUT,
+        MAX_BODY_BYTES,
+        CORS_ORIGINS,
+        CORS_ALLOW_CREDENTIALS,
+        DATABASE_URL,
+        POOL_SIZE,
+        CONNECT_TIMEOUT,
+        WAIT_TIMEOUT,
+        CREATE_TIMEOUT,
+        READINESS_TIMEOUT,
+        MAX_CONNECTIONS,
+    ];
 }
 
 /// A rejected setting: `key` is its TOML key path, so the binary can say where the value came from.
