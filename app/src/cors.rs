@@ -14,7 +14,6 @@ use hyper::{Method, StatusCode};
 use crate::http::empty_response;
 use supervisor::Response;
 
-const ALLOW_METHODS: &str = "GET, HEAD, POST, DELETE, OPTIONS";
 const ALLOW_HEADERS: &str = "content-type, x-request-id";
 const EXPOSE_HEADERS: &str = "x-request-id";
 /// How long a browser may cache a preflight answer, in seconds.
@@ -26,15 +25,19 @@ pub struct Cors {
     origins: Vec<String>,
     any: bool,
     credentials: bool,
+    /// What a preflight may allow: every method of the route table.
+    methods: HeaderValue,
 }
 
 impl Cors {
-    /// `origins` as validated by `Config::validate` (`*` never comes with credentials).
-    pub fn new(origins: &[String], credentials: bool) -> Cors {
+    /// `origins` as validated by `Config::validate` (`*` never comes with credentials); `methods` is the
+    /// `Access-Control-Allow-Methods` value of a preflight.
+    pub fn new(origins: &[String], credentials: bool, methods: &str) -> Cors {
         Cors {
             any: origins.iter().any(|o| o == "*"),
             origins: origins.iter().filter(|o| *o != "*").map(|o| o.to_ascii_lowercase()).collect(),
             credentials,
+            methods: HeaderValue::from_str(methods).expect("method names are header-safe"),
         }
     }
 
@@ -63,7 +66,7 @@ impl Cors {
         if let Some(allow) = self.allow_origin(headers.get(ORIGIN)) {
             let out = response.headers_mut();
             out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-            out.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(ALLOW_METHODS));
+            out.insert(ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
             out.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOW_HEADERS));
             out.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static(MAX_AGE));
             if self.credentials {
@@ -97,6 +100,8 @@ impl Cors {
 mod tests {
     use super::*;
 
+    const METHODS: &str = "GET, HEAD, POST, DELETE, OPTIONS";
+
     fn headers(origin: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(ORIGIN, HeaderValue::from_str(origin).unwrap());
@@ -106,7 +111,7 @@ mod tests {
 
     #[test]
     fn listed_origin_gets_headers_others_none() {
-        let cors = Cors::new(&["https://app.example.com".into()], true);
+        let cors = Cors::new(&["https://app.example.com".into()], true, METHODS);
         let ok = cors.preflight(&headers("https://app.example.com"));
         assert_eq!(ok.status(), 204);
         assert_eq!(ok.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example.com");
@@ -129,7 +134,7 @@ mod tests {
 
     #[test]
     fn no_policy_adds_nothing() {
-        let cors = Cors::new(&[], false);
+        let cors = Cors::new(&[], false, METHODS);
         let mut out = HeaderMap::new();
         cors.apply(Some(&HeaderValue::from_static("https://app.example.com")), &mut out);
         assert!(out.is_empty());
@@ -137,7 +142,7 @@ mod tests {
 
     #[test]
     fn star_without_credentials() {
-        let cors = Cors::new(&["*".into()], false);
+        let cors = Cors::new(&["*".into()], false, METHODS);
         let mut out = HeaderMap::new();
         cors.apply(Some(&HeaderValue::from_static("https://anything.example")), &mut out);
         assert_eq!(out[ACCESS_CONTROL_ALLOW_ORIGIN], "*");

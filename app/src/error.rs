@@ -78,7 +78,7 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     details: Option<Value>,
-    allow: Option<&'static str>,
+    allow: Option<String>,
 }
 
 impl ApiError {
@@ -100,10 +100,10 @@ impl ApiError {
     }
 
     /// `allow` is the value of the `Allow` header, e.g. `"GET, HEAD"`.
-    pub fn method_not_allowed(allow: &'static str) -> Self {
+    pub fn method_not_allowed(allow: &str) -> Self {
         let mut e = ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed for this resource")
             .with_details(json!({ "allow": allow }));
-        e.allow = Some(allow);
+        e.allow = Some(allow.to_owned());
         e
     }
 
@@ -159,8 +159,8 @@ impl ApiError {
             "details": self.details,
         });
         let mut response = json_response(self.code.status(), &body);
-        if let Some(allow) = self.allow {
-            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+        if let Some(allow) = self.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+            response.headers_mut().insert(ALLOW, allow);
         }
         response
     }

@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, FieldError};
 use crate::http::{empty_response, json_response, query_param, read_json};
-use crate::service::State;
+use crate::routes::Params;
+use crate::state::State;
 use supervisor::{Request, Response};
 
 pub(crate) const NAME_MAX_CHARS: usize = 200;
@@ -147,7 +148,7 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(id).map_err(|_| ApiError::not_found())
 }
 
-pub(crate) async fn create(state: &State, req: Request) -> Result<Response, ApiError> {
+pub(crate) async fn create(state: &State, req: Request, _: &Params) -> Result<Response, ApiError> {
     let body = read_json(req, state.config.max_body_bytes).await?;
     let new = validate_new_item(&body).map_err(ApiError::validation)?;
     let client = state.db.get().await?;
@@ -162,8 +163,8 @@ pub(crate) async fn create(state: &State, req: Request) -> Result<Response, ApiE
     Ok(response)
 }
 
-pub(crate) async fn get(state: &State, id: &str) -> Result<Response, ApiError> {
-    let id = parse_id(id)?;
+pub(crate) async fn get(state: &State, _: Request, params: &Params) -> Result<Response, ApiError> {
+    let id = parse_id(params.first())?;
     let client = state.db.get().await?;
     let statement = client.prepare_cached(SELECT_ONE).await?;
     let row = client.query_opt(&statement, &[&id]).await?;
@@ -173,8 +174,8 @@ pub(crate) async fn get(state: &State, id: &str) -> Result<Response, ApiError> {
     }
 }
 
-pub(crate) async fn list(state: &State, query: Option<&str>) -> Result<Response, ApiError> {
-    let query = parse_list_query(query).map_err(ApiError::validation)?;
+pub(crate) async fn list(state: &State, req: Request, _: &Params) -> Result<Response, ApiError> {
+    let query = parse_list_query(req.uri().query()).map_err(ApiError::validation)?;
     let client = state.db.get().await?;
     // One row more than asked tells whether another page exists.
     let fetch = query.limit + 1;
@@ -198,8 +199,8 @@ pub(crate) async fn list(state: &State, query: Option<&str>) -> Result<Response,
     Ok(json_response(StatusCode::OK, &json!({ "items": items, "next": next })))
 }
 
-pub(crate) async fn delete(state: &State, id: &str) -> Result<Response, ApiError> {
-    let id = parse_id(id)?;
+pub(crate) async fn delete(state: &State, _: Request, params: &Params) -> Result<Response, ApiError> {
+    let id = parse_id(params.first())?;
     let client = state.db.get().await?;
     let statement = client.prepare_cached(DELETE).await?;
     let deleted = client.execute(&statement, &[&id]).await?;

@@ -9,8 +9,9 @@
 //! Code map:
 //! - `config`: settings, their validation, the redacting [`DatabaseUrl`].
 //! - `service`: [`App`] (boot) and the per-request pipeline (request id, span, deadline, panics, CORS,
-//!   access log).
-//! - `routes`: the route table and the small handlers; `items`: the items resource.
+//!   access log); `state`: what the handlers of one worker share.
+//! - `routes`: the route table (matching, labels, `Allow`, CORS methods, dispatch) and the small handlers;
+//!   `items`: the items resource.
 //! - `error`: [`ApiError`], the only way an error reaches a client.
 //! - `metrics`: counters in memory shared by all workers, and the `/metrics` text;
 //! - `db`: the lazy per-worker pool; `readiness`: the single-flight `/readyz` check;
@@ -29,6 +30,7 @@ mod readiness;
 mod request_id;
 mod routes;
 mod service;
+mod state;
 
 pub use config::{AppEnv, Config, ConfigError, DatabaseConfig, DatabaseUrl, keys, pool_budget_warning};
 pub use error::{ApiError, ErrorCode, FieldError};

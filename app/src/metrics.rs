@@ -15,8 +15,6 @@ use std::time::Duration;
 use hyper::Method;
 use supervisor::stats::ServerStats;
 
-use crate::routes;
-
 const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"];
 const STATUSES: [u16; 18] = [200, 201, 204, 304, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 500, 502, 503, 504];
 /// Index of the `other` status.
@@ -24,7 +22,9 @@ const OTHER_STATUS: usize = STATUSES.len();
 /// Upper bounds of the duration buckets, seconds; `+Inf` is implicit.
 const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-const ROUTES: usize = routes::TEMPLATES.len();
+/// Route labels the counter memory has room for (the route table plus `unmatched`).
+pub(crate) const MAX_ROUTES: usize = 32;
+const ROUTES: usize = MAX_ROUTES;
 const REQUEST_WORDS: usize = ROUTES * METHODS.len() * (STATUSES.len() + 1);
 /// Per route: one word per bucket (not cumulative) plus `+Inf`, then the sum in microseconds.
 const HISTOGRAM_STRIDE: usize = BUCKETS.len() + 2;
@@ -69,7 +69,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4) of the HTTP metrics and the server's statistics.
-    pub(crate) fn render(&self, server: &ServerStats, version: &str) -> String {
+    /// `routes` are the route labels by index, as [`Metrics::record`] was given them.
+    pub(crate) fn render(&self, server: &ServerStats, version: &str, routes: &[&str]) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let load = |i: usize| self.words[i].load(Ordering::Relaxed);
 
@@ -79,7 +80,7 @@ impl Metrics {
             "counter",
             "HTTP requests answered, by method, route template and status.",
         );
-        for (r, route) in routes::TEMPLATES.iter().enumerate() {
+        for (r, route) in routes.iter().enumerate().take(ROUTES) {
             for (m, method) in METHODS.iter().enumerate() {
                 for s in 0..=STATUSES.len() {
                     let n = load((r * METHODS.len() + m) * (STATUSES.len() + 1) + s);
@@ -95,7 +96,7 @@ impl Metrics {
         }
 
         header(&mut out, "http_request_duration_seconds", "histogram", "Time to answer a request, by route template.");
-        for (r, route) in routes::TEMPLATES.iter().enumerate() {
+        for (r, route) in routes.iter().enumerate().take(ROUTES) {
             let base = REQUEST_WORDS + r * HISTOGRAM_STRIDE;
             // Read each bucket once so that the cumulative counts and the count are consistent.
             let counts: Vec<u64> = (0..=BUCKETS.len()).map(|b| load(base + b)).collect();
@@ -171,8 +172,10 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 mod tests {
     use super::*;
 
+    const LABELS: [&str; 3] = ["/healthz", "/api/items", "unmatched"];
+
     fn route(template: &str) -> usize {
-        routes::TEMPLATES.iter().position(|t| *t == template).unwrap()
+        LABELS.iter().position(|t| *t == template).unwrap()
     }
 
     #[test]
@@ -183,7 +186,7 @@ mod tests {
             m.record(&Method::GET, healthz, 200, Duration::from_millis(2));
         }
         m.record(&Method::from_bytes(b"BREW").unwrap(), route("unmatched"), 418, Duration::from_millis(40));
-        let text = m.render(&ServerStats::default(), "1.0");
+        let text = m.render(&ServerStats::default(), "1.0", &LABELS);
         assert!(text.contains("http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 3\n"), "{text}");
         assert!(
             text.contains("http_requests_total{method=\"other\",route=\"unmatched\",status=\"other\"} 1\n"),
@@ -198,7 +201,7 @@ mod tests {
         for ms in [1, 3, 30, 700, 70_000] {
             m.record(&Method::POST, r, 201, Duration::from_millis(ms));
         }
-        let text = m.render(&ServerStats::default(), "1.0");
+        let text = m.render(&ServerStats::default(), "1.0", &LABELS);
         let bucket = |le: &str| -> u64 {
             let prefix = format!("http_request_duration_seconds_bucket{{route=\"/api/items\",le=\"{le}\"}} ");
             text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap().parse().unwrap()

@@ -1,6 +1,11 @@
-//! The route table: path -> resource, method -> handler. Every resource has a template (the access log and
-//! metrics use it instead of the raw path) and an `Allow` value for 405s.
+//! The route table: every resource once, with its path template, whether it is a debug route, and its
+//! handler per method. Matching, the route label of the access log and metrics, the `Allow` value of a 405
+//! and the methods CORS preflights allow all derive from [`ROUTES`].
+//!
+//! Adding a route: one entry in [`ROUTES`] and its handler, an `async fn(&State, Request, &Params)`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
@@ -10,87 +15,124 @@ use crate::config::AppEnv;
 use crate::error::{ApiError, FieldError};
 use crate::http::{json_response, query_param};
 use crate::items;
-use crate::service::State;
+use crate::state::State;
 use supervisor::{Request, Response};
 
-/// A matched resource, with its path parameters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Route {
-    Healthz,
-    Readyz,
-    Metrics,
-    Items,
-    Item(String),
-    DebugSleep,
-    DebugBlock,
-    DebugPanic,
+/// What a handler returns.
+pub(crate) type Reply<'a> = Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send + 'a>>;
+/// A handler: the worker's state, the request, and the path parameters.
+pub(crate) type Handler = for<'a> fn(&'a State, Request, &'a Params) -> Reply<'a>;
+
+/// One resource.
+pub(crate) struct Route {
+    /// The path, with `{name}` for a parameter segment. Also the label of the access log and the metrics.
+    pub(crate) template: &'static str,
+    /// Mounted only when debug routes are enabled, and never in prod.
+    pub(crate) debug: bool,
+    /// The handler of each method. HEAD is answered by the GET handler.
+    pub(crate) methods: &'static [(Method, Handler)],
 }
 
-/// The route label of requests that matched no resource.
-pub(crate) const UNMATCHED: &str = "unmatched";
-
-/// Every route label, in the order the metrics store them: the templates, then [`UNMATCHED`].
-pub(crate) const TEMPLATES: [&str; 9] = [
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/api/items",
-    "/api/items/{id}",
-    "/debug/sleep",
-    "/debug/block",
-    "/debug/panic",
-    UNMATCHED,
+/// Every route.
+pub(crate) const ROUTES: &[Route] = &[
+    Route { template: "/healthz", debug: false, methods: &[(Method::GET, |s, r, p| Box::pin(healthz(s, r, p)))] },
+    Route { template: "/readyz", debug: false, methods: &[(Method::GET, |s, r, p| Box::pin(readyz(s, r, p)))] },
+    Route { template: "/metrics", debug: false, methods: &[(Method::GET, |s, r, p| Box::pin(metrics(s, r, p)))] },
+    Route {
+        template: "/api/items",
+        debug: false,
+        methods: &[
+            (Method::GET, |s, r, p| Box::pin(items::list(s, r, p))),
+            (Method::POST, |s, r, p| Box::pin(items::create(s, r, p))),
+        ],
+    },
+    Route {
+        template: "/api/items/{id}",
+        debug: false,
+        methods: &[
+            (Method::GET, |s, r, p| Box::pin(items::get(s, r, p))),
+            (Method::DELETE, |s, r, p| Box::pin(items::delete(s, r, p))),
+        ],
+    },
+    Route { template: "/debug/sleep", debug: true, methods: &[(Method::GET, |s, r, p| Box::pin(sleep(s, r, p)))] },
+    Route { template: "/debug/block", debug: true, methods: &[(Method::GET, |s, r, p| Box::pin(block(s, r, p)))] },
+    Route { template: "/debug/panic", debug: true, methods: &[(Method::GET, |s, r, p| Box::pin(panic(s, r, p)))] },
 ];
 
-/// The metrics index of a route label.
-pub(crate) fn template_index(template: &str) -> usize {
-    TEMPLATES.iter().position(|t| *t == template).unwrap_or(TEMPLATES.len() - 1)
+// Every label has its counters: the route table fits the metrics memory.
+const _: () = assert!(ROUTES.len() < crate::metrics::MAX_ROUTES, "more routes than metrics::MAX_ROUTES");
+
+/// The route label of requests that matched no route.
+pub(crate) const UNMATCHED: &str = "unmatched";
+
+/// Every route label, in [`ROUTES`] order, then [`UNMATCHED`]; the index of a label is what the metrics
+/// count by.
+pub(crate) fn labels() -> Vec<&'static str> {
+    ROUTES.iter().map(|r| r.template).chain([UNMATCHED]).collect()
 }
 
-impl Route {
-    /// Matches a path. Debug routes exist only when enabled, and never in prod.
-    pub(crate) fn resolve(path: &str, debug: bool) -> Option<Route> {
-        let route = match path {
-            "/healthz" => Route::Healthz,
-            "/readyz" => Route::Readyz,
-            "/metrics" => Route::Metrics,
-            "/api/items" => Route::Items,
-            "/debug/sleep" if debug => Route::DebugSleep,
-            "/debug/block" if debug => Route::DebugBlock,
-            "/debug/panic" if debug => Route::DebugPanic,
-            _ => {
-                let id = path.strip_prefix("/api/items/")?;
-                if id.is_empty() || id.contains('/') {
-                    return None;
-                }
-                Route::Item(id.to_owned())
+/// The path parameters of a matched route, in template order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Params(Vec<String>);
+
+impl Params {
+    /// The first parameter (routes have at most one today).
+    pub(crate) fn first(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+}
+
+/// A request's route and its parameters.
+pub(crate) struct Matched {
+    /// Index in [`ROUTES`], which is also its metrics label.
+    pub(crate) index: usize,
+    pub(crate) route: &'static Route,
+    pub(crate) params: Params,
+}
+
+/// Matches a path against the table. Debug routes match only when `debug` is set.
+pub(crate) fn resolve(path: &str, debug: bool) -> Option<Matched> {
+    ROUTES.iter().enumerate().filter(|(_, r)| debug || !r.debug).find_map(|(index, route)| {
+        let params = match_template(route.template, path)?;
+        Some(Matched { index, route, params })
+    })
+}
+
+/// The parameters if `path` matches `template` segment by segment; a parameter is one non-empty segment.
+fn match_template(template: &str, path: &str) -> Option<Params> {
+    let (mut t, mut p) = (template.split('/'), path.split('/'));
+    let mut params = Vec::new();
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(Params(params)),
+            (Some(seg), Some(value)) if seg.starts_with('{') && seg.ends_with('}') && !value.is_empty() => {
+                params.push(value.to_owned())
             }
-        };
-        Some(route)
-    }
-
-    /// The path template, for logs and metrics.
-    pub(crate) fn template(&self) -> &'static str {
-        match self {
-            Route::Healthz => "/healthz",
-            Route::Readyz => "/readyz",
-            Route::Metrics => "/metrics",
-            Route::Items => "/api/items",
-            Route::Item(_) => "/api/items/{id}",
-            Route::DebugSleep => "/debug/sleep",
-            Route::DebugBlock => "/debug/block",
-            Route::DebugPanic => "/debug/panic",
+            (Some(seg), Some(value)) if seg == value => {}
+            _ => return None,
         }
     }
+}
 
-    /// The methods the resource answers, as an `Allow` header value. HEAD is answered wherever GET is.
-    pub(crate) fn allow(&self) -> &'static str {
-        match self {
-            Route::Items => "GET, HEAD, POST",
-            Route::Item(_) => "GET, HEAD, DELETE",
-            _ => "GET, HEAD",
+/// The methods a route answers, as an `Allow` header value (HEAD wherever GET is).
+pub(crate) fn allow(route: &Route) -> String {
+    let mut methods: Vec<&str> = route.methods.iter().map(|(m, _)| m.as_str()).collect();
+    if methods.contains(&"GET") {
+        methods.insert(1, "HEAD");
+    }
+    methods.join(", ")
+}
+
+/// Every method some route answers, plus OPTIONS: what a CORS preflight may allow.
+pub(crate) fn cors_methods() -> String {
+    let mut methods: Vec<String> = Vec::new();
+    for m in ROUTES.iter().flat_map(|r| allow(r).split(", ").map(String::from).collect::<Vec<_>>()) {
+        if !methods.contains(&m) {
+            methods.push(m);
         }
     }
+    methods.push("OPTIONS".into());
+    methods.join(", ")
 }
 
 /// Whether debug routes are mounted for this configuration.
@@ -98,34 +140,57 @@ pub(crate) fn debug_enabled(state: &State) -> bool {
     state.config.debug_routes && state.config.env != AppEnv::Prod
 }
 
-/// Runs the handler of a matched route.
-pub(crate) async fn dispatch(state: &State, route: Route, req: Request) -> Result<Response, ApiError> {
-    let method = req.method().clone();
-    let get = method == Method::GET || method == Method::HEAD;
-    match (&route, get, &method) {
-        (Route::Healthz, true, _) => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
-        (Route::Readyz, true, _) => readyz(state).await,
-        (Route::Metrics, true, _) => Ok(metrics(state)),
-        (Route::Items, true, _) => items::list(state, req.uri().query()).await,
-        (Route::Items, false, &Method::POST) => items::create(state, req).await,
-        (Route::Item(id), true, _) => items::get(state, id).await,
-        (Route::Item(id), false, &Method::DELETE) => items::delete(state, id).await,
-        (Route::DebugSleep, true, _) => {
-            let ms = millis(req.uri().query())?;
-            tracing::info!(ms, "debug sleep");
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(json_response(StatusCode::OK, &json!({ "slept_ms": ms })))
-        }
-        (Route::DebugBlock, true, _) => {
-            let ms = millis(req.uri().query())?;
-            tracing::warn!(ms, "blocking the runtime thread on purpose");
-            // Deliberately blocking: the worker's runtime stalls and its heartbeat stops.
-            std::thread::sleep(Duration::from_millis(ms));
-            Ok(json_response(StatusCode::OK, &json!({ "blocked_ms": ms })))
-        }
-        (Route::DebugPanic, true, _) => panic!("panic requested at /debug/panic"),
-        _ => Err(ApiError::method_not_allowed(route.allow())),
+/// Runs the handler of the request's method, or answers 405 with `Allow`.
+pub(crate) async fn dispatch(state: &State, matched: Matched, req: Request) -> Result<Response, ApiError> {
+    let method = if req.method() == Method::HEAD { Method::GET } else { req.method().clone() };
+    match matched.route.methods.iter().find(|(m, _)| *m == method) {
+        Some((_, handler)) => handler(state, req, &matched.params).await,
+        None => Err(ApiError::method_not_allowed(&allow(matched.route))),
     }
+}
+
+async fn healthz(_: &State, _: Request, _: &Params) -> Result<Response, ApiError> {
+    Ok(json_response(StatusCode::OK, &json!({ "status": "ok" })))
+}
+
+async fn readyz(state: &State, _: Request, _: &Params) -> Result<Response, ApiError> {
+    let report = state.readiness.check().await;
+    if report.ready() {
+        Ok(json_response(StatusCode::OK, &json!({ "status": "ready", "checks": report.checks() })))
+    } else {
+        Err(ApiError::not_ready("not ready").with_details(report.details()))
+    }
+}
+
+/// `GET /metrics`: the whole server's metrics, whichever worker answers.
+async fn metrics(state: &State, _: Request, _: &Params) -> Result<Response, ApiError> {
+    let stats = supervisor::stats::server_stats().unwrap_or_default();
+    let body = state.metrics.render(&stats, env!("CARGO_PKG_VERSION"), &labels());
+    let mut response = Response::new(supervisor::Body::from(body));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+async fn sleep(_: &State, req: Request, _: &Params) -> Result<Response, ApiError> {
+    let ms = millis(req.uri().query())?;
+    tracing::info!(ms, "debug sleep");
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(json_response(StatusCode::OK, &json!({ "slept_ms": ms })))
+}
+
+async fn block(_: &State, req: Request, _: &Params) -> Result<Response, ApiError> {
+    let ms = millis(req.uri().query())?;
+    tracing::warn!(ms, "blocking the runtime thread on purpose");
+    // Deliberately blocking: the worker's runtime stalls and its heartbeat stops.
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(json_response(StatusCode::OK, &json!({ "blocked_ms": ms })))
+}
+
+async fn panic(_: &State, _: Request, _: &Params) -> Result<Response, ApiError> {
+    panic!("panic requested at /debug/panic")
 }
 
 /// `?ms=N` of the debug routes, at most an hour.
@@ -136,30 +201,13 @@ fn millis(query: Option<&str>) -> Result<u64, ApiError> {
     }
 }
 
-/// `GET /metrics`: the whole server's metrics, whichever worker answers.
-fn metrics(state: &State) -> Response {
-    let stats = supervisor::stats::server_stats().unwrap_or_default();
-    let body = state.metrics.render(&stats, env!("CARGO_PKG_VERSION"));
-    let mut response = Response::new(supervisor::Body::from(body));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
-}
-
-async fn readyz(state: &State) -> Result<Response, ApiError> {
-    let report = state.readiness.check().await;
-    if report.ready() {
-        Ok(json_response(StatusCode::OK, &json!({ "status": "ready", "checks": report.checks() })))
-    } else {
-        Err(ApiError::not_ready("not ready").with_details(report.details()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn template(path: &str, debug: bool) -> Option<&'static str> {
+        resolve(path, debug).map(|m| m.route.template)
+    }
 
     #[test]
     fn resolves_paths_to_templates() {
@@ -170,15 +218,49 @@ mod tests {
             ("/api/items/abc", Some("/api/items/{id}")),
             ("/api/items/", None),
             ("/api/items/a/b", None),
-            ("/api/items/", None),
+            ("/api/itemsx", None),
             ("/nope", None),
+            ("/", None),
             ("/debug/panic", None),
         ];
-        for (path, template) in cases {
-            assert_eq!(Route::resolve(path, false).map(|r| r.template()), template, "{path}");
+        for (path, expected) in cases {
+            assert_eq!(template(path, false), expected, "{path}");
         }
-        assert_eq!(Route::resolve("/debug/panic", true), Some(Route::DebugPanic));
-        assert_eq!(Route::resolve("/api/items/x", false), Some(Route::Item("x".into())));
+        assert_eq!(template("/debug/panic", true), Some("/debug/panic"));
+        assert_eq!(resolve("/api/items/x", false).unwrap().params.first(), "x");
+    }
+
+    #[test]
+    fn every_route_matches_its_own_template_and_has_a_distinct_label() {
+        let labels = labels();
+        for (i, route) in ROUTES.iter().enumerate() {
+            assert!(!route.methods.is_empty(), "{}: no method", route.template);
+            let path = route.template.replace("{id}", "x");
+            assert_eq!(resolve(&path, true).map(|m| m.index), Some(i), "{}", route.template);
+            assert_eq!(labels.iter().filter(|l| **l == route.template).count(), 1, "{}", route.template);
+        }
+        assert_eq!(labels.last(), Some(&UNMATCHED));
+    }
+
+    #[test]
+    fn every_route_has_its_metrics_series() {
+        let metrics = crate::metrics::Metrics::private();
+        for (i, route) in ROUTES.iter().enumerate() {
+            metrics.record(&route.methods[0].0, i, 200, Duration::from_millis(1));
+        }
+        let text = metrics.render(&Default::default(), "test", &labels());
+        for route in ROUTES {
+            let series = format!("http_request_duration_seconds_count{{route=\"{}\"}} 1\n", route.template);
+            assert!(text.contains(&series), "no metrics for {}", route.template);
+        }
+    }
+
+    #[test]
+    fn allow_and_cors_methods_come_from_the_table() {
+        let item = resolve("/api/items/x", false).unwrap();
+        assert_eq!(allow(item.route), "GET, HEAD, DELETE");
+        assert_eq!(allow(resolve("/healthz", false).unwrap().route), "GET, HEAD");
+        assert_eq!(cors_methods(), "GET, HEAD, POST, DELETE, OPTIONS");
     }
 
     #[test]

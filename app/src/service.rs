@@ -27,7 +27,8 @@ use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
 use crate::request_id::{self, RequestId};
-use crate::routes::{self, Route};
+use crate::routes::{self, Matched};
+use crate::state::State;
 use supervisor::{BootError, BoxFuture, Request, Response, Service, WorkerApp};
 
 /// The application as the binary hands it to the supervisor. Holds only configuration: everything that
@@ -77,7 +78,7 @@ impl WorkerApp for App {
             tokio::spawn(publish_pool_status(db.clone()));
             let state = State {
                 metrics,
-                cors: Cors::new(&config.cors_origins, config.cors_allow_credentials),
+                cors: Cors::new(&config.cors_origins, config.cors_allow_credentials, &routes::cors_methods()),
                 readiness: Readiness::new(db.clone(), config.database.readiness_timeout),
                 db,
                 config,
@@ -85,15 +86,6 @@ impl WorkerApp for App {
             Ok(Arc::new(AppService { state: Arc::new(state) }) as Arc<dyn Service>)
         })
     }
-}
-
-/// What the handlers share within one worker.
-pub(crate) struct State {
-    pub(crate) config: Config,
-    pub(crate) metrics: Metrics,
-    pub(crate) cors: Cors,
-    pub(crate) db: Db,
-    pub(crate) readiness: Readiness,
 }
 
 struct AppService {
@@ -121,14 +113,15 @@ async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId
     let origin = req.headers().get(ORIGIN).cloned();
     let user_agent = req.headers().get(USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let client = client_addr(peer.ip(), req.headers(), &state.config.forwarded_allow_ips);
-    let route = Route::resolve(&path, routes::debug_enabled(&state));
-    let template = route.as_ref().map_or(routes::UNMATCHED, Route::template);
+    let matched = routes::resolve(&path, routes::debug_enabled(&state));
+    let (label, template) =
+        matched.as_ref().map_or((routes::ROUTES.len(), routes::UNMATCHED), |m| (m.index, m.route.template));
 
     let span = tracing::info_span!("request", request_id = %id);
-    let mut response = respond(&state, req, route, &id).instrument(span).await;
+    let mut response = respond(&state, req, matched, &id).instrument(span).await;
 
     let status = response.status().as_u16();
-    state.metrics.record(&method, routes::template_index(template), status, started.elapsed());
+    state.metrics.record(&method, label, status, started.elapsed());
     let headers = response.headers_mut();
     headers.insert(request_id::HEADER, HeaderValue::from_str(id.as_str()).expect("request ids are header-safe"));
     state.cors.apply(origin.as_ref(), headers);
@@ -167,15 +160,15 @@ async fn publish_pool_status(db: Db) {
 }
 
 /// Everything that runs inside the request span.
-async fn respond(state: &State, req: Request, route: Option<Route>, id: &RequestId) -> Response {
+async fn respond(state: &State, req: Request, matched: Option<Matched>, id: &RequestId) -> Response {
     if Cors::is_preflight(req.method(), req.headers()) {
         return state.cors.preflight(req.headers());
     }
-    let Some(route) = route else {
+    let Some(matched) = matched else {
         return ApiError::not_found().to_response(id.as_str());
     };
     let deadline = state.config.request_timeout;
-    let outcome = tokio::time::timeout(deadline, CatchUnwind::new(routes::dispatch(state, route, req))).await;
+    let outcome = tokio::time::timeout(deadline, CatchUnwind::new(routes::dispatch(state, matched, req))).await;
     let error = match outcome {
         Ok(Ok(Ok(response))) => return response,
         Ok(Ok(Err(error))) => error,
