@@ -1,4 +1,4 @@
-//! CORS (SPEC section 6): no cross-origin access unless the request's `Origin` is listed in `cors_origins`.
+//! CORS: no cross-origin access unless the request's `Origin` is listed in `cors_origins`.
 //!
 //! Preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) are answered here for any path,
 //! before routing, like the usual middleware does. An origin that is not listed gets the same answers without

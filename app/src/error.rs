@@ -1,4 +1,4 @@
-//! The error contract (SPEC section 6): every 4xx/5xx the app produces is one [`ApiError`], rendered as
+//! The error contract: every 4xx/5xx the app produces is one [`ApiError`], rendered as
 //! `{"code", "message", "request_id", "details"}` with `Content-Type: application/json`.
 //!
 //! An `ApiError` carries only what the client may see. Causes (database errors, panic payloads) are logged

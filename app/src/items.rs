@@ -1,4 +1,4 @@
-//! The items resource (SPEC section 6): a small real resource that exercises validation, the error contract
+//! The items resource: a small real resource that exercises validation, the error contract
 //! and the schema end to end.
 //!
 //! Ids are UUIDv7, assigned here, so ordering by id is creation order. Listing uses keyset pagination on the

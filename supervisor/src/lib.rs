@@ -7,15 +7,16 @@
 
 mod balance;
 pub mod cpus;
+pub mod exit;
 mod listen;
 pub mod logging;
-pub mod master;
-pub mod scoreboard;
+mod master;
+mod scoreboard;
 mod service;
 mod settings;
 pub mod stats;
 mod sys;
-pub mod systemd;
+mod systemd;
 mod worker;
 
 use std::net::SocketAddr;

@@ -94,6 +94,64 @@ const METHOD_MAX: usize = 16;
 const PATH_MAX: usize = 96;
 const LABEL_MAX: usize = TEXT_WORDS * 8 - METHOD_MAX - PATH_MAX - 2;
 
+/// Why a worker left, for the restart counters (`supervisor_worker_restarts_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartReason {
+    /// Exited with code 0 on its own.
+    Exit,
+    /// Exited with an error code, or died of a signal other than an outside SIGKILL.
+    Crash,
+    /// Killed by a SIGKILL the supervisor did not send (possibly the OOM killer).
+    Killed,
+    /// Heartbeat timeout.
+    Timeout,
+    /// Not ready within boot_timeout.
+    BootTimeout,
+    /// Exited before it was ready.
+    BootFailed,
+    /// Recycled after max_requests.
+    MaxRequests,
+    /// Replaced by a new generation.
+    Reload,
+    /// Retired by TTOU.
+    Scale,
+}
+
+impl RestartReason {
+    /// Every reason, in counter order.
+    pub const ALL: [RestartReason; 9] = [
+        RestartReason::Exit,
+        RestartReason::Crash,
+        RestartReason::Killed,
+        RestartReason::Timeout,
+        RestartReason::BootTimeout,
+        RestartReason::BootFailed,
+        RestartReason::MaxRequests,
+        RestartReason::Reload,
+        RestartReason::Scale,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Exit => "exit",
+            RestartReason::Crash => "crash",
+            RestartReason::Killed => "killed",
+            RestartReason::Timeout => "timeout",
+            RestartReason::BootTimeout => "boot_timeout",
+            RestartReason::BootFailed => "boot_failed",
+            RestartReason::MaxRequests => "max_requests",
+            RestartReason::Reload => "reload",
+            RestartReason::Scale => "scale",
+        }
+    }
+
+    /// Its index in [`RestartReason::ALL`] and in [`MasterCounters::restarts`].
+    pub fn index(self) -> usize {
+        RestartReason::ALL.iter().position(|r| *r == self).expect("listed")
+    }
+}
+
 /// The shared table of worker slots, after a small header of master-wide counters.
 #[derive(Clone, Copy)]
 pub struct Scoreboard {
@@ -150,11 +208,6 @@ impl Scoreboard {
     /// Number of slots.
     pub fn len(&self) -> usize {
         self.slots
-    }
-
-    /// Always false: a scoreboard has at least one slot.
-    pub fn is_empty(&self) -> bool {
-        self.slots == 0
     }
 
     /// The slot at `index`.

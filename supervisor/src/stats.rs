@@ -6,7 +6,7 @@ use std::io;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
-use crate::master::state::RestartReason;
+use crate::scoreboard::RestartReason;
 use crate::scoreboard::{GAUGE_COUNT, Scoreboard, SlotState};
 use crate::sys;
 

@@ -19,6 +19,11 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// Maps `words` zeroed 64-bit words of anonymous memory shared with every process forked afterwards.
 /// The mapping is never unmapped: it lives as long as the process, and children inherit it.
 pub fn shared_words(words: usize) -> io::Result<&'static [AtomicU64]> {

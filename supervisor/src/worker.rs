@@ -24,10 +24,7 @@ use crate::scoreboard::{Scoreboard, Slot, SlotState};
 use crate::service::{Request, Service, WorkerApp};
 use crate::{Settings, balance, sys};
 
-/// Exit code of a worker whose application failed to boot.
-pub const EXIT_BOOT_FAILED: i32 = 3;
-/// Exit code of a worker that could not set itself up (runtime, signals).
-pub const EXIT_SETUP_FAILED: i32 = 4;
+use crate::exit::{WORKER_BOOT_FAILED as EXIT_BOOT_FAILED, WORKER_SETUP_FAILED as EXIT_SETUP_FAILED};
 
 /// Everything a worker needs, handed over by the master at fork.
 pub(crate) struct WorkerStart {
@@ -171,7 +168,7 @@ pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<
     let slot = board.slot(0);
     slot.prepare(0, sys::monotonic_ns());
     slot.set_pid(std::process::id() as i32);
-    board.publish(&crate::scoreboard::MasterCounters { start_time: unix_now(), ..Default::default() });
+    board.publish(&crate::scoreboard::MasterCounters { start_time: sys::unix_now(), ..Default::default() });
     crate::stats::install(board, 0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.threads.max(1))
@@ -193,11 +190,6 @@ pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<
     });
     runtime.shutdown_background();
     Ok(code)
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn adopt(listeners: Vec<std::net::TcpListener>) -> std::io::Result<Vec<TcpListener>> {
@@ -270,7 +262,7 @@ async fn heartbeat(slot: Slot, every: Duration, master: Option<i32>) {
             && nix::unistd::getppid().as_raw() != master
         {
             tracing::error!("master is gone: exiting");
-            std::process::exit(1);
+            std::process::exit(crate::exit::WORKER_ORPHANED);
         }
     }
 }

@@ -92,7 +92,7 @@ pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> R
         told: Told::default(),
         next_watchdog: 0,
         upgrade: upgrade::Upgrade::new(upgrade_from, pidfile.clone()),
-        start_time: crate::worker::unix_now(),
+        start_time: sys::unix_now(),
     };
     let code = master.run();
     if let Some(path) = &pidfile {
@@ -388,7 +388,7 @@ impl Master {
                 let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(start)))
                     .unwrap_or_else(|_| {
                         tracing::error!("worker panicked outside a request");
-                        70
+                        crate::exit::WORKER_PANICKED
                     });
                 std::process::exit(code);
             }

@@ -24,10 +24,13 @@ use std::collections::BTreeMap;
 
 use nix::sys::signal::Signal;
 
-pub use self::spawn::{MAX_BACKOFF, MAX_FORK_RETRY, RESPAWN_INTERVAL, backoff, fork_retry_delay};
+#[cfg(test)]
+use self::spawn::{MAX_BACKOFF, MAX_FORK_RETRY, RESPAWN_INTERVAL, backoff};
 use self::spawn::{Purpose, Spawner};
-pub use self::worker::{KillReason, Life, RestartReason, RetireReason};
+pub use self::worker::{KillReason, Life, RetireReason};
 use self::worker::{Observed, Worker, worker_event};
+#[cfg(test)]
+use crate::scoreboard::RestartReason;
 
 /// Monotonic nanoseconds.
 pub type Nanos = u64;
@@ -41,10 +44,7 @@ pub const QUIT_GRACE: Nanos = 500 * MS;
 /// The master wakes at least this often.
 pub const MAX_SLEEP: Nanos = SEC;
 
-/// Exit code: clean stop.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: no worker could boot at startup.
-pub const EXIT_NO_WORKER: i32 = 3;
+use crate::exit::{NO_WORKER as EXIT_NO_WORKER, OK as EXIT_OK};
 
 /// Signals the master acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use nix::sys::signal::Signal;
 
 use super::{ExitHow, MIN_UPTIME, MS, Nanos};
-use crate::scoreboard::{InFlight, SlotView};
+use crate::scoreboard::{InFlight, RestartReason, SlotView};
 
 /// Logs an event about a worker with its identifying fields (`worker_pid`, `slot`, `generation`) first.
 macro_rules! worker_event {
@@ -101,63 +101,6 @@ impl RetireReason {
             RetireReason::MaxRequests => Some(RestartReason::MaxRequests),
             RetireReason::Stop => None,
         }
-    }
-}
-
-/// Why a worker left, for the restart counters (`supervisor_worker_restarts_total{reason}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RestartReason {
-    /// Exited with code 0 on its own.
-    Exit,
-    /// Exited with an error code, or died of a signal other than an outside SIGKILL.
-    Crash,
-    /// Killed by a SIGKILL the supervisor did not send (possibly the OOM killer).
-    Killed,
-    /// Heartbeat timeout.
-    Timeout,
-    /// Not ready within boot_timeout.
-    BootTimeout,
-    /// Exited before it was ready.
-    BootFailed,
-    /// Recycled after max_requests.
-    MaxRequests,
-    /// Replaced by a new generation.
-    Reload,
-    /// Retired by TTOU.
-    Scale,
-}
-
-impl RestartReason {
-    /// Every reason, in counter order.
-    pub const ALL: [RestartReason; 9] = [
-        RestartReason::Exit,
-        RestartReason::Crash,
-        RestartReason::Killed,
-        RestartReason::Timeout,
-        RestartReason::BootTimeout,
-        RestartReason::BootFailed,
-        RestartReason::MaxRequests,
-        RestartReason::Reload,
-        RestartReason::Scale,
-    ];
-
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestartReason::Exit => "exit",
-            RestartReason::Crash => "crash",
-            RestartReason::Killed => "killed",
-            RestartReason::Timeout => "timeout",
-            RestartReason::BootTimeout => "boot_timeout",
-            RestartReason::BootFailed => "boot_failed",
-            RestartReason::MaxRequests => "max_requests",
-            RestartReason::Reload => "reload",
-            RestartReason::Scale => "scale",
-        }
-    }
-
-    pub(super) fn index(self) -> usize {
-        RestartReason::ALL.iter().position(|r| *r == self).expect("listed")
     }
 }
 
