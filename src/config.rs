@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -148,17 +148,21 @@ impl Layers {
                 return Some((Raw::Text(v.clone()), Source::Env(name)));
             }
         }
-        let mut node = &self.file;
-        let mut parts = s.key.split('.').peekable();
-        while let Some(part) = parts.next() {
-            let value = node.get(part)?;
-            if parts.peek().is_none() {
-                let path = self.path.clone().expect("a file value implies a file");
-                return Some((Raw::Toml(value.clone()), Source::File(path)));
+        let path = self.path.clone()?;
+        let in_file = |key: &str| {
+            let mut node = &self.file;
+            let mut parts = key.split('.').peekable();
+            while let Some(part) = parts.next() {
+                let value = node.get(part)?;
+                if parts.peek().is_none() {
+                    return Some(value.clone());
+                }
+                node = value.as_table()?;
             }
-            node = value.as_table()?;
-        }
-        None
+            None
+        };
+        let value = in_file(s.key).or_else(|| s.alias.and_then(|(alias, _)| in_file(alias)))?;
+        Some((Raw::Toml(value), Source::File(path)))
     }
 
     /// Resolves every setting, validates, and builds the configuration: the consumer of each declaration.
@@ -188,6 +192,12 @@ impl Layers {
         let boot_timeout = r.seconds("boot_timeout")?;
         let max_requests = r.count("max_requests")?;
         let max_requests_jitter = r.count("max_requests_jitter")?;
+        let limits = supervisor::Limits {
+            request_line: r.count("limit_request_line")? as usize,
+            request_fields: r.count("limit_request_fields")? as usize,
+            request_field_size: r.count("limit_request_field_size")? as usize,
+        };
+        let worker_connections = r.count("max_connections")? as usize;
         let pidfile = r.text("pidfile")?.map(PathBuf::from);
         let log_file = r.text("log_file")?.map(PathBuf::from);
 
@@ -203,13 +213,8 @@ impl Layers {
         let max_body_bytes = r.count("app.max_body_bytes")? as usize;
         let access_log = r.boolean("app.access_log")?;
         let forwarded_allow_ips = r.list("app.forwarded_allow_ips")?;
-        let forwarded_allow_ips = r.check(
-            "app.forwarded_allow_ips",
-            forwarded_allow_ips
-                .iter()
-                .map(|s| s.parse::<IpAddr>().map_err(|_| format!("{s:?} is not an IP address")))
-                .collect(),
-        )?;
+        let forwarded_allow_ips =
+            r.check("app.forwarded_allow_ips", app::TrustedProxies::parse(&forwarded_allow_ips))?;
         let cors_origins = r.list("app.cors_origins")?;
         let cors_allow_credentials = r.boolean("app.cors_allow_credentials")?;
         let debug_routes = r.boolean("app.debug_routes")?;
@@ -257,6 +262,8 @@ impl Layers {
             max_requests,
             max_requests_jitter,
             pidfile,
+            limits,
+            max_connections: worker_connections,
         };
         let report = SETTINGS
             .iter()
@@ -388,7 +395,7 @@ fn check_known_keys(table: &toml::Table, source: &Source) -> Result<(), ConfigEr
                     }
                 }
             }
-            _ if SETTINGS.iter().any(|s| s.key == name.as_str()) => {}
+            _ if SETTINGS.iter().any(|s| s.key == name.as_str() || s.alias.is_some_and(|a| a.0 == name.as_str())) => {}
             _ => return Err(unknown(name.clone())),
         }
     }
@@ -577,6 +584,26 @@ mod tests {
             let e = load("", &[(var, value)], &[]).unwrap_err();
             assert_eq!((e.key.as_str(), &e.source), (*key, &Source::Env(var)), "{var}={value}");
         }
+    }
+
+    #[test]
+    fn forwarded_allow_ips_takes_ranges_and_refuses_bad_ones_by_name() {
+        let c = load("[app]\nforwarded_allow_ips = [\"10.0.0.0/8\"]\n", &[], &[]).unwrap();
+        assert!(c.app.forwarded_allow_ips.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.app.forwarded_allow_ips.contains("11.0.0.1".parse().unwrap()));
+        let c = load("", &[("FORWARDED_ALLOW_IPS", "*")], &[]).unwrap();
+        assert_eq!(c.app.forwarded_allow_ips, app::TrustedProxies::Any);
+        let e = load("", &[("FORWARDED_ALLOW_IPS", "10.0.0.0/33")], &[]).unwrap_err();
+        assert_eq!((e.key.as_str(), e.source), ("app.forwarded_allow_ips", Source::Env("FORWARDED_ALLOW_IPS")));
+    }
+
+    #[test]
+    fn gunicorn_names_are_aliases() {
+        let c = load("worker_connections = 50\n", &[], &[]).unwrap();
+        assert_eq!(c.supervisor.max_connections, 50);
+        assert!(matches!(source_of(&c, "max_connections"), Source::File(_)));
+        let c = load("worker_connections = 50\n", &[("SUPERVISOR_MAX_CONNECTIONS", "60")], &[]).unwrap();
+        assert_eq!(c.supervisor.max_connections, 60);
     }
 
     #[test]

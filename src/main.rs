@@ -38,6 +38,7 @@ fn cli() -> clap::Command {
         Some(flag) => {
             let arg = clap::Arg::new(s.key).long(flag).global(true).value_name("VALUE").help(s.doc);
             let arg = if let Some(short) = s.short { arg.short(short) } else { arg };
+            let arg = if let Some((_, alias)) = s.alias { arg.visible_alias(alias) } else { arg };
             // A list flag may be repeated (`--bind a --bind b`) as well as comma-separated.
             cmd.arg(if s.kind == settings::Kind::List { arg.action(clap::ArgAction::Append) } else { arg })
         }

@@ -56,6 +56,9 @@ pub struct Setting {
     pub flag: Option<&'static str>,
     /// Short flag (gunicorn's `-b`, `-w`, `-t`).
     pub short: Option<char>,
+    /// Another name for the key in the file and for the flag (gunicorn's name where ours differs): the key
+    /// with underscores, and the flag with dashes.
+    pub alias: Option<(&'static str, &'static str)>,
     /// Type and bounds.
     pub kind: Kind,
     /// The default.
@@ -76,7 +79,18 @@ const DAY: f64 = 86_400.0;
 const MAX_COUNT: u64 = 1_000_000_000;
 
 const fn setting(key: &'static str, env: &'static [&'static str], kind: Kind, default: DefaultValue) -> Setting {
-    Setting { key, env, flag: None, short: None, kind, default, doc: "", on_hup: OnHup::Applies, secret: false }
+    Setting {
+        key,
+        env,
+        flag: None,
+        short: None,
+        alias: None,
+        kind,
+        default,
+        doc: "",
+        on_hup: OnHup::Applies,
+        secret: false,
+    }
 }
 
 impl Setting {
@@ -86,6 +100,10 @@ impl Setting {
     }
     const fn short(mut self, short: char) -> Setting {
         self.short = Some(short);
+        self
+    }
+    const fn alias(mut self, key: &'static str, flag: &'static str) -> Setting {
+        self.alias = Some((key, flag));
         self
     }
     const fn doc(mut self, doc: &'static str) -> Setting {
@@ -172,6 +190,38 @@ pub const SETTINGS: &[Setting] = &[
     setting("max_requests_jitter", &["SUPERVISOR_MAX_REQUESTS_JITTER"], Count { min: 0, max: MAX_COUNT }, Value("0"))
         .flag("max-requests-jitter")
         .doc("A random 0..=jitter added to max_requests per worker, so workers do not recycle together."),
+    setting("limit_request_line", &["SUPERVISOR_LIMIT_REQUEST_LINE"], Count { min: 0, max: 8190 }, Value("4094"))
+        .flag("limit-request-line")
+        .doc(
+            "Longest request line (method, target, version) in bytes; longer ones are answered 414 uri_too_long. \
+             0: only the parser's own maximum.",
+        ),
+    setting("limit_request_fields", &["SUPERVISOR_LIMIT_REQUEST_FIELDS"], Count { min: 1, max: 32_768 }, Value("100"))
+        .flag("limit-request-fields")
+        .doc(
+            "Most header fields in a request; more are answered 431 request_header_fields_too_large (past 100, \
+             the parser's own cap, by the parser: 431 without a body, connection closed).",
+        ),
+    setting(
+        "limit_request_field_size",
+        &["SUPERVISOR_LIMIT_REQUEST_FIELD_SIZE"],
+        Count { min: 0, max: 65_536 },
+        Value("8190"),
+    )
+    .flag("limit-request-field-size")
+    .doc(
+        "Longest header field (name and value) in bytes; longer ones are answered 431. A whole head larger than \
+         limit_request_line + 4 x this is refused by the parser itself (431, connection closed). 0: only the \
+         parser's own maximum (about 400 KiB for the whole head).",
+    ),
+    setting("max_connections", &["SUPERVISOR_MAX_CONNECTIONS"], Count { min: 1, max: 100_000 }, Value("1000"))
+        .flag("max-connections")
+        .alias("worker_connections", "worker-connections")
+        .doc(
+            "Connections a worker holds at most. At the cap it stops accepting until one closes (never closing \
+             one it accepted), so new connections go to its siblings or wait in the backlog. With the head limits \
+             this bounds a worker's memory for slow clients.",
+        ),
     setting("pidfile", &["SUPERVISOR_PIDFILE"], Text, Unset(r#""/run/supervisor.pid""#))
         .flag("pidfile")
         .doc("Write the master's pid here while it runs (not needed in a container).")
@@ -192,8 +242,10 @@ pub const SETTINGS: &[Setting] = &[
     setting("app.max_body_bytes", &["APP_MAX_BODY_BYTES"], Count { min: 1, max: 1 << 30 }, Value("1048576"))
         .doc("Largest accepted request body, in bytes (413 beyond). Keep the edge's client_max_body_size <= this."),
     setting("app.access_log", &["APP_ACCESS_LOG"], Bool, Value("true")).doc("One JSON access log line per request."),
-    setting("app.forwarded_allow_ips", &["FORWARDED_ALLOW_IPS"], List, Value(r#"["127.0.0.1", "::1"]"#))
-        .doc("Peers whose X-Forwarded-For is trusted for the client address in the access log (exact addresses)."),
+    setting("app.forwarded_allow_ips", &["FORWARDED_ALLOW_IPS"], List, Value(r#"["127.0.0.1", "::1"]"#)).doc(
+        "Peers whose X-Forwarded-For is trusted for the client address in the access log: addresses, CIDR \
+             ranges (10.0.0.0/8) or \"*\" (everyone: only when the port is reachable through the proxy alone).",
+    ),
     setting("app.cors_origins", &["CORS_ORIGINS"], List, Value("[]")).doc(
         "Origins (scheme://host[:port]) allowed cross-origin access; none by default. \"*\" cannot be combined \
          with credentials.",
@@ -363,12 +415,11 @@ mod tests {
                     OnHup::Applies => "applies",
                     OnHup::NeedsRestart => "restart",
                 };
-                let _ = writeln!(
-                    out,
-                    "| `{}` | {env} | {flag} | {default} | {hup} | {} |",
-                    s.key,
-                    s.doc.replace('|', "\\|")
-                );
+                let key = match s.alias {
+                    Some((alias, _)) => format!("`{}` (or `{alias}`)", s.key),
+                    None => format!("`{}`", s.key),
+                };
+                let _ = writeln!(out, "| {key} | {env} | {flag} | {default} | {hup} | {} |", s.doc.replace('|', "\\|"));
             }
         }
         out
@@ -417,6 +468,11 @@ mod tests {
             if let Some(flag) = s.flag {
                 assert_eq!(flag, s.key.replace('_', "-"), "{}: the flag is the key with dashes", s.key);
                 assert!(s.section().is_empty(), "{}: only top-level keys have flags", s.key);
+            }
+            if let Some((key, flag)) = s.alias {
+                assert_eq!(flag, key.replace('_', "-"), "{}: the alias flag is the alias key with dashes", s.key);
+                assert!(s.section().is_empty() && !key.contains('.'), "{}: only top-level keys have aliases", s.key);
+                assert!(SETTINGS.iter().all(|o| o.key != key), "{}: the alias names another setting", s.key);
             }
             for env in s.env {
                 assert!(SETTINGS.iter().filter(|o| o.env.contains(env)).count() == 1, "{env} names two settings");

@@ -184,7 +184,7 @@ pub struct Config {
     pub access_log: bool,
     /// Peers whose `X-Forwarded-For` is trusted when logging the client address (gunicorn's
     /// `forwarded_allow_ips`).
-    pub forwarded_allow_ips: Vec<IpAddr>,
+    pub forwarded_allow_ips: TrustedProxies,
     /// `CORS_ORIGINS`: origins (`scheme://host[:port]`) allowed cross-origin access, or `*`. Empty: none.
     pub cors_origins: Vec<String>,
     /// `CORS_ALLOW_CREDENTIALS`.
@@ -203,10 +203,65 @@ impl Default for Config {
             request_timeout: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
             access_log: true,
-            forwarded_allow_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            forwarded_allow_ips: TrustedProxies::default(),
             cors_origins: Vec::new(),
             cors_allow_credentials: false,
             database: DatabaseConfig::default(),
+        }
+    }
+}
+
+/// The peers whose `X-Forwarded-For` is trusted (gunicorn's `forwarded_allow_ips`): addresses, CIDR ranges,
+/// or everyone (`*`, for an app reachable only through its proxy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrustedProxies {
+    /// Every peer.
+    Any,
+    /// Peers in these networks (an address is a network of one).
+    Nets(Vec<ipnet::IpNet>),
+}
+
+impl Default for TrustedProxies {
+    /// The loopback addresses: a proxy on the same host.
+    fn default() -> Self {
+        TrustedProxies::Nets(vec![IpAddr::V4(Ipv4Addr::LOCALHOST).into(), IpAddr::V6(Ipv6Addr::LOCALHOST).into()])
+    }
+}
+
+impl TrustedProxies {
+    /// Parses a list of `*`, addresses (`10.0.0.5`, `::1`) and CIDR ranges (`10.0.0.0/8`, `fd00::/8`).
+    pub fn parse(items: &[String]) -> Result<TrustedProxies, String> {
+        if items.iter().any(|i| i == "*") {
+            return Ok(TrustedProxies::Any);
+        }
+        let nets = items
+            .iter()
+            .map(|item| {
+                item.parse::<ipnet::IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{item:?} is not an IP address, a CIDR range or `*`"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustedProxies::Nets(nets.into_iter().map(|n| n.trunc()).collect()))
+    }
+
+    /// Whether `ip` is trusted (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match self {
+            TrustedProxies::Any => true,
+            TrustedProxies::Nets(nets) => nets.iter().any(|n| n.contains(&ip.to_canonical())),
+        }
+    }
+}
+
+impl fmt::Display for TrustedProxies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrustedProxies::Any => f.write_str("*"),
+            TrustedProxies::Nets(nets) => {
+                let items: Vec<String> = nets.iter().map(ToString::to_string).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
         }
     }
 }
@@ -508,6 +563,25 @@ mod tests {
         let url = DatabaseUrl::new("postgres://app:hunter2@db.internal:5433/appdb");
         assert_eq!(url.redacted(), "postgres://app:***@db.internal:5433/appdb");
         assert_eq!(url.expose(), "postgres://app:hunter2@db.internal:5433/appdb");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_ranges_and_star() {
+        let parse = |items: &[&str]| TrustedProxies::parse(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let nets = parse(&["10.0.0.0/8", "192.168.1.7", "fd00::/8"]).unwrap();
+        assert!(nets.contains(ip("10.1.2.3")));
+        assert!(!nets.contains(ip("11.0.0.1")));
+        assert!(nets.contains(ip("192.168.1.7")) && !nets.contains(ip("192.168.1.8")));
+        assert!(nets.contains(ip("fd12::1")) && !nets.contains(ip("fe80::1")));
+        assert!(nets.contains(ip("::ffff:10.9.9.9")), "IPv4-mapped addresses count as IPv4");
+        assert!(parse(&["*"]).unwrap().contains(ip("203.0.113.1")));
+        for bad in ["10.0.0.0/33", "10.0.0", "localhost", "fd00::/129"] {
+            assert!(parse(&[bad]).is_err(), "{bad}");
+        }
+        assert!(
+            TrustedProxies::default().contains(ip("127.0.0.1")) && !TrustedProxies::default().contains(ip("10.0.0.1"))
+        );
     }
 
     #[test]

@@ -19,9 +19,11 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    UriTooLong,
     UnsupportedMediaType,
     ValidationError,
     RateLimited,
+    RequestHeaderFieldsTooLarge,
     InternalError,
     NotReady,
     Timeout,
@@ -34,9 +36,11 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::ValidationError => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RequestHeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -49,9 +53,11 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UriTooLong => "uri_too_long",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::ValidationError => "validation_error",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RequestHeaderFieldsTooLarge => "request_header_fields_too_large",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::NotReady => "not_ready",
             ErrorCode::Timeout => "timeout",
@@ -110,6 +116,25 @@ impl ApiError {
     pub fn payload_too_large(limit_bytes: usize) -> Self {
         ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is larger than {limit_bytes} bytes"))
             .with_details(json!({ "limit_bytes": limit_bytes }))
+    }
+
+    /// A request the worker refused for exceeding a head limit (`limit_request_*`).
+    pub fn refused(refusal: supervisor::Refusal) -> Self {
+        use supervisor::Refusal;
+        let (code, message, limit) = match refusal {
+            Refusal::RequestLineTooLong { limit } => {
+                (ErrorCode::UriTooLong, "the request line is longer than the server accepts", limit)
+            }
+            Refusal::TooManyHeaderFields { limit } => (
+                ErrorCode::RequestHeaderFieldsTooLarge,
+                "the request has more header fields than the server accepts",
+                limit,
+            ),
+            Refusal::HeaderFieldTooLarge { limit } => {
+                (ErrorCode::RequestHeaderFieldsTooLarge, "a header field is longer than the server accepts", limit)
+            }
+        };
+        ApiError::new(code, message).with_details(json!({ "limit": limit }))
     }
 
     pub fn unsupported_media_type(expected: &str) -> Self {
@@ -187,9 +212,11 @@ mod tests {
             (ErrorCode::NotFound, 404, "not_found"),
             (ErrorCode::MethodNotAllowed, 405, "method_not_allowed"),
             (ErrorCode::PayloadTooLarge, 413, "payload_too_large"),
+            (ErrorCode::UriTooLong, 414, "uri_too_long"),
             (ErrorCode::UnsupportedMediaType, 415, "unsupported_media_type"),
             (ErrorCode::ValidationError, 422, "validation_error"),
             (ErrorCode::RateLimited, 429, "rate_limited"),
+            (ErrorCode::RequestHeaderFieldsTooLarge, 431, "request_header_fields_too_large"),
             (ErrorCode::InternalError, 500, "internal_error"),
             (ErrorCode::NotReady, 503, "not_ready"),
             (ErrorCode::Timeout, 504, "timeout"),

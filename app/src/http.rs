@@ -5,7 +5,6 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::StatusCode;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::error::ApiError;
 use supervisor::{Request, Response};
@@ -32,9 +31,9 @@ fn is_json(content_type: &str) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Reads a JSON request body: 415 unless the content type is JSON, 413 past `limit` bytes (checked against
-/// `Content-Length` first, then while reading), 400 if it does not parse.
-pub async fn read_json(req: Request, limit: usize) -> Result<Value, ApiError> {
+/// Reads a JSON request body's bytes: 415 unless the content type is JSON, 413 past `limit` bytes (checked
+/// against `Content-Length` first, then while reading). The caller parses it into its own type.
+pub async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !is_json(content_type) {
         return Err(ApiError::unsupported_media_type("application/json"));
@@ -43,20 +42,20 @@ pub async fn read_json(req: Request, limit: usize) -> Result<Value, ApiError> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
-    let bytes = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::payload_too_large(limit));
-        }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(limit)),
         Err(e) => {
             tracing::info!(error = %e, "request body could not be read");
-            return Err(ApiError::bad_request("the request body could not be read"));
+            Err(ApiError::bad_request("the request body could not be read"))
         }
-    };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request("request body is not valid JSON")
-            .with_details(serde_json::json!({ "error": e.to_string() }))
-    })
+    }
+}
+
+/// The 400 for a body that is not JSON.
+pub fn invalid_json(error: &serde_json::Error) -> ApiError {
+    ApiError::bad_request("request body is not valid JSON")
+        .with_details(serde_json::json!({ "error": error.to_string() }))
 }
 
 /// The first value of `name` in a query string. Values are used as they are: the parameters this app reads

@@ -11,11 +11,12 @@
 use hyper::StatusCode;
 use hyper::header::{HeaderValue, LOCATION};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::error::{ApiError, FieldError};
-use crate::http::{empty_response, json_response, query_param, read_json};
+use crate::http::{empty_response, invalid_json, json_response, query_param, read_json_body};
 use crate::routes::Params;
 use crate::state::State;
 use supervisor::{Request, Response};
@@ -59,44 +60,179 @@ pub(crate) struct NewItem {
     pub quantity: i64,
 }
 
-/// Checks a `POST /api/items` body, reporting every invalid field at once. Unknown fields are refused so
-/// that a misspelt field is an error rather than silently ignored.
-pub(crate) fn validate_new_item(body: &Value) -> Result<NewItem, Vec<FieldError>> {
-    let Some(object) = body.as_object() else {
+/// Unknown fields named in a 422 at most; the rest are counted.
+const MAX_REPORTED_UNKNOWN: usize = 10;
+/// A reported unknown field's name is cut to this many characters.
+const MAX_REPORTED_NAME: usize = 64;
+
+/// Parses and checks a `POST /api/items` body: 400 if it is not JSON, else every invalid field at once (422).
+/// Unknown fields are refused so that a misspelt field is an error rather than silently ignored.
+///
+/// The body is read straight into what validation looks at: values of the wrong kind and unknown fields are
+/// skipped without being built, so a hostile body (a huge array, an object with many thousands of keys)
+/// costs little more memory than its own bytes, and the 422 stays small.
+pub(crate) fn parse_new_item(bytes: &[u8]) -> Result<NewItem, ApiError> {
+    let body: Body = serde_json::from_slice(bytes).map_err(|e| invalid_json(&e))?;
+    validate(body).map_err(ApiError::validation)
+}
+
+fn validate(body: Body) -> Result<NewItem, Vec<FieldError>> {
+    if !body.object {
         return Err(vec![FieldError::new("body", "must be a JSON object")]);
-    };
-    let mut errors = Vec::new();
-    let name = match object.get("name") {
+    }
+    let name = match body.name {
         None => Err("field required"),
-        Some(Value::String(s)) if s.is_empty() => Err("must not be empty"),
-        Some(Value::String(s)) if s.chars().count() > NAME_MAX_CHARS => Err("must be at most 200 characters"),
-        Some(Value::String(s)) if s.contains('\0') => Err("must not contain NUL characters"),
-        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Scalar::Str(s)) if s.is_empty() => Err("must not be empty"),
+        Some(Scalar::Str(s)) if s.chars().count() > NAME_MAX_CHARS => Err("must be at most 200 characters"),
+        Some(Scalar::Str(s)) if s.contains('\0') => Err("must not contain NUL characters"),
+        Some(Scalar::Str(s)) => Ok(s),
         Some(_) => Err("must be a string"),
     };
-    let quantity = match object.get("quantity") {
+    let quantity = match body.quantity {
         None => Err("field required"),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(q) if q >= 0 => Ok(q),
-            Some(_) => Err("must be greater than or equal to 0"),
-            None if n.is_u64() => Err("must be at most 9223372036854775807"),
-            None => Err("must be an integer"),
-        },
+        Some(Scalar::Int(q)) if q >= 0 => Ok(q),
+        Some(Scalar::Int(_)) => Err("must be greater than or equal to 0"),
+        Some(Scalar::BigInt) => Err("must be at most 9223372036854775807"),
         Some(_) => Err("must be an integer"),
     };
+    let mut errors = Vec::new();
     if let Err(message) = &name {
         errors.push(FieldError::new("name", *message));
     }
     if let Err(message) = &quantity {
         errors.push(FieldError::new("quantity", *message));
     }
-    for key in object.keys().filter(|k| *k != "name" && *k != "quantity") {
-        errors.push(FieldError::new(key.as_str(), "unknown field"));
+    for key in body.unknown {
+        errors.push(FieldError::new(key, "unknown field"));
+    }
+    if body.more_unknown > 0 {
+        errors.push(FieldError::new("body", format!("and {} more unknown fields", body.more_unknown)));
     }
     match (name, quantity) {
         (Ok(name), Ok(quantity)) if errors.is_empty() => Ok(NewItem { name, quantity }),
         _ => Err(errors),
     }
+}
+
+/// A `POST /api/items` body as sent, before validation.
+#[derive(Default)]
+struct Body {
+    /// Whether it was a JSON object at all.
+    object: bool,
+    name: Option<Scalar>,
+    quantity: Option<Scalar>,
+    /// The first unknown fields, names cut to [`MAX_REPORTED_NAME`].
+    unknown: Vec<String>,
+    /// How many more unknown fields there were.
+    more_unknown: usize,
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BodyVisitor;
+        impl<'de> Visitor<'de> for BodyVisitor {
+            type Value = Body;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+                let mut body = Body { object: true, ..Body::default() };
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*key {
+                        "name" => body.name = Some(map.next_value()?),
+                        "quantity" => body.quantity = Some(map.next_value()?),
+                        other => {
+                            map.next_value::<IgnoredAny>()?;
+                            if body.unknown.len() < MAX_REPORTED_UNKNOWN {
+                                body.unknown.push(other.chars().take(MAX_REPORTED_NAME).collect());
+                            } else {
+                                body.more_unknown += 1;
+                            }
+                        }
+                    }
+                }
+                Ok(body)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Body, A::Error> {
+                skip_seq(seq).map(|_| Body::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Body, E> {
+                Ok(Body::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Body, E> {
+                Ok(Body::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Body, E> {
+                Ok(Body::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Body, E> {
+                Ok(Body::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
+                Ok(Body::default())
+            }
+            fn visit_unit<E>(self) -> Result<Body, E> {
+                Ok(Body::default())
+            }
+        }
+        deserializer.deserialize_any(BodyVisitor)
+    }
+}
+
+/// One JSON value reduced to what validation looks at; arrays and objects are skipped without being built.
+enum Scalar {
+    Str(String),
+    Int(i64),
+    /// An integer beyond `i64`.
+    BigInt,
+    /// Anything else: a fraction, a boolean, null, an array, an object.
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(i64::try_from(v).map_or(Scalar::BigInt, Scalar::Int))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+                skip_seq(seq).map(|_| Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
 }
 
 /// The opaque cursor for "after this item".
@@ -121,7 +257,7 @@ pub(crate) struct ListQuery {
 pub(crate) fn parse_list_query(query: Option<&str>) -> Result<ListQuery, Vec<FieldError>> {
     let mut errors = Vec::new();
     let limit = match query_param(query, "limit") {
-        None | Some("") => DEFAULT_LIMIT,
+        None => DEFAULT_LIMIT,
         Some(text) => match text.parse::<i64>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
             _ => {
@@ -131,7 +267,7 @@ pub(crate) fn parse_list_query(query: Option<&str>) -> Result<ListQuery, Vec<Fie
         },
     };
     let after = match query_param(query, "after") {
-        None | Some("") => None,
+        None => None,
         Some(text) => {
             let id = decode_cursor(text);
             if id.is_none() {
@@ -149,8 +285,7 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 pub(crate) async fn create(state: &State, req: Request, _: &Params) -> Result<Response, ApiError> {
-    let body = read_json(req, state.config.max_body_bytes).await?;
-    let new = validate_new_item(&body).map_err(ApiError::validation)?;
+    let new = parse_new_item(&read_json_body(req, state.config.max_body_bytes).await?)?;
     let client = state.db.get().await?;
     let statement = client.prepare_cached(INSERT).await?;
     let row = client.query_one(&statement, &[&Uuid::now_v7(), &new.name, &new.quantity]).await?;
@@ -215,16 +350,38 @@ pub(crate) async fn delete(state: &State, _: Request, params: &Params) -> Result
 mod tests {
     use super::*;
 
+    use serde_json::Value;
+
+    use crate::error::ErrorCode;
+
+    fn parse(body: &Value) -> Result<NewItem, ApiError> {
+        parse_new_item(&serde_json::to_vec(body).unwrap())
+    }
+
     fn fields(body: Value) -> Vec<(String, String)> {
-        validate_new_item(&body).unwrap_err().into_iter().map(|e| (e.field, e.message)).collect()
+        let error = parse(&body).unwrap_err();
+        let details = error.to_response("t").into_body();
+        let bytes = futures_body(details);
+        let json: Value = serde_json::from_slice(&bytes).unwrap();
+        json["details"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["field"].as_str().unwrap().to_owned(), f["message"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    fn futures_body(body: supervisor::Body) -> bytes::Bytes {
+        use http_body_util::BodyExt;
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(body.collect()).unwrap().to_bytes()
     }
 
     #[test]
     fn valid_items() {
-        let item = validate_new_item(&json!({"name": "widget", "quantity": 0})).unwrap();
+        let item = parse(&json!({"name": "widget", "quantity": 0})).unwrap();
         assert_eq!(item, NewItem { name: "widget".into(), quantity: 0 });
         let long = "é".repeat(200);
-        assert_eq!(validate_new_item(&json!({"name": long, "quantity": 7})).unwrap().name.chars().count(), 200);
+        assert_eq!(parse(&json!({"name": long, "quantity": 7})).unwrap().name.chars().count(), 200);
     }
 
     #[test]
@@ -253,6 +410,21 @@ mod tests {
             [("colour".into(), "unknown field".into())]
         );
         assert_eq!(fields(json!([1, 2]))[0].0, "body");
+        assert_eq!(fields(json!("text"))[0].0, "body");
+        assert_eq!(fields(json!({"name": [1, [2]], "quantity": {"a": 1}}))[1].1, "must be an integer");
+        assert!(matches!(parse_new_item(b"{\"name\": "), Err(e) if e.code() == ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_up_to_a_cap_with_short_names() {
+        let mut body = serde_json::Map::new();
+        for i in 0..1000 {
+            body.insert(format!("{}{i}", "k".repeat(100)), json!(i));
+        }
+        let reported = fields(Value::Object(body));
+        assert_eq!(reported.len(), MAX_REPORTED_UNKNOWN + 3, "name, quantity, 10 unknown, and a count");
+        assert!(reported.iter().all(|(field, _)| field.chars().count() <= MAX_REPORTED_NAME));
+        assert_eq!(reported.last().unwrap().1, "and 990 more unknown fields");
     }
 
     #[test]
@@ -271,9 +443,10 @@ mod tests {
         let id = Uuid::now_v7();
         let q = format!("limit=100&after={}", encode_cursor(id));
         assert_eq!(parse_list_query(Some(&q)), Ok(ListQuery { limit: 100, after: Some(id) }));
-        for bad in ["limit=0", "limit=101", "limit=-1", "limit=ten"] {
+        for bad in ["limit=0", "limit=101", "limit=-1", "limit=ten", "limit=", "limit"] {
             assert_eq!(parse_list_query(Some(bad)).unwrap_err()[0].field, "limit", "{bad}");
         }
         assert_eq!(parse_list_query(Some("after=nope")).unwrap_err()[0].field, "after");
+        assert_eq!(parse_list_query(Some("after=")).unwrap_err()[0].field, "after");
     }
 }

@@ -32,7 +32,7 @@ mod routes;
 mod service;
 mod state;
 
-pub use config::{AppEnv, Config, ConfigError, DatabaseConfig, DatabaseUrl, keys, pool_budget_warning};
+pub use config::{AppEnv, Config, ConfigError, DatabaseConfig, DatabaseUrl, TrustedProxies, keys, pool_budget_warning};
 pub use error::{ApiError, ErrorCode, FieldError};
 pub use metrics::Metrics;
 pub use migrations::{

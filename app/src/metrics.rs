@@ -16,7 +16,8 @@ use hyper::Method;
 use supervisor::stats::ServerStats;
 
 const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"];
-const STATUSES: [u16; 18] = [200, 201, 204, 304, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 500, 502, 503, 504];
+const STATUSES: [u16; 20] =
+    [200, 201, 204, 304, 400, 401, 403, 404, 405, 408, 413, 414, 415, 422, 429, 431, 500, 502, 503, 504];
 /// Index of the `other` status.
 const OTHER_STATUS: usize = STATUSES.len();
 /// Upper bounds of the duration buckets, seconds; `+Inf` is implicit.

@@ -20,7 +20,7 @@ use hyper::body::Body as _;
 use hyper::header::{HeaderMap, HeaderValue, ORIGIN, USER_AGENT};
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, TrustedProxies};
 use crate::cors::Cors;
 use crate::db::Db;
 use crate::error::ApiError;
@@ -161,6 +161,9 @@ async fn publish_pool_status(db: Db) {
 
 /// Everything that runs inside the request span.
 async fn respond(state: &State, req: Request, matched: Option<Matched>, id: &RequestId) -> Response {
+    if let Some(refusal) = req.extensions().get::<supervisor::Refusal>() {
+        return ApiError::refused(*refusal).to_response(id.as_str());
+    }
     if Cors::is_preflight(req.method(), req.headers()) {
         return state.cors.preflight(req.headers());
     }
@@ -222,8 +225,8 @@ impl<F: Future> Future for CatchUnwind<F> {
 /// The client address for the access log: the peer, or, when the peer is a trusted proxy, the nearest
 /// untrusted address in `X-Forwarded-For` (read right to left: each trusted hop vouches for the one before
 /// it). An entry that is not an address stops the walk, since nothing before it can be trusted.
-pub(crate) fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.to_canonical() == ip.to_canonical());
+pub(crate) fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.contains(ip);
     let peer = peer.to_canonical();
     if !is_trusted(peer) {
         return peer;
@@ -258,7 +261,6 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn xff(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -274,7 +276,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_trusted_only_from_allowed_peers() {
-        let trusted = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+        let trusted = TrustedProxies::default();
         // Untrusted peer: the header is ignored.
         assert_eq!(client_addr(ip("203.0.113.9"), &xff(&["198.51.100.1"]), &trusted), ip("203.0.113.9"));
         // Trusted peer: the nearest untrusted hop.

@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use master::{Reloader, run};
-pub use service::{Body, BootError, BoxFuture, Request, Response, Service, WorkerApp};
-pub use settings::Settings;
+pub use service::{Body, BootError, BoxFuture, Refusal, Request, Response, Service, WorkerApp};
+pub use settings::{Limits, Settings};
 pub use worker::serve_in_process;
 
 /// Why the master could not start.

@@ -31,7 +31,31 @@ pub trait Service: Send + Sync + 'static {
     /// Answers one request. `peer` is the address of the TCP client (the proxy, behind a proxy).
     /// A panic in the returned future costs the connection, never the worker; applications that want to
     /// answer panics in their own error format should catch them.
+    ///
+    /// A request that exceeds the worker's limits carries a [`Refusal`] in its extensions: the application
+    /// answers it (414 or 431 in its own error format) without handling the request.
     fn call(&self, req: Request, peer: SocketAddr) -> BoxFuture<Response>;
+}
+
+/// Why the worker refuses a request it could parse (gunicorn's `limit_request_*`). Heads beyond what the
+/// parser accepts at all are refused by hyper itself (431, connection closed) and never reach the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request line is longer than `limit` bytes (414).
+    RequestLineTooLong {
+        /// `limit_request_line`.
+        limit: usize,
+    },
+    /// More than `limit` header fields (431).
+    TooManyHeaderFields {
+        /// `limit_request_fields`.
+        limit: usize,
+    },
+    /// A header field (name and value) longer than `limit` bytes (431).
+    HeaderFieldTooLarge {
+        /// `limit_request_field_size`.
+        limit: usize,
+    },
 }
 
 /// Why a worker could not boot. The message is logged by the worker and reported by the master.

@@ -31,6 +31,41 @@ pub struct Settings {
     pub max_requests_jitter: u64,
     /// Write the master's pid here while it runs.
     pub pidfile: Option<PathBuf>,
+    /// Request head limits (gunicorn's `limit_request_*`).
+    pub limits: Limits,
+    /// Connections a worker holds at most (gunicorn's `worker_connections`); at the cap it stops accepting
+    /// until one closes, leaving new connections to its siblings and the kernel's backlog.
+    pub max_connections: usize,
+}
+
+/// Limits on a request's head. Zero means the parser's own maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of the request line (method, target, version).
+    pub request_line: usize,
+    /// Header fields.
+    pub request_fields: usize,
+    /// Bytes of one header field (name and value).
+    pub request_field_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { request_line: 4094, request_fields: 100, request_field_size: 8190 }
+    }
+}
+
+impl Limits {
+    /// The whole head hyper buffers at most before refusing it (431, connection closed): room for the request
+    /// line and four fields at their limits. This is what bounds a connection's read buffer while its head is
+    /// incomplete, so `max_connections` times this bounds a worker's memory for slow clients. `None` (either
+    /// limit off): hyper's own maximum, about 400 KiB.
+    pub fn head_bytes(&self) -> Option<usize> {
+        if self.request_line == 0 || self.request_field_size == 0 {
+            return None;
+        }
+        Some((self.request_line + 4 * (self.request_field_size + 4)).max(8192))
+    }
 }
 
 impl Settings {
@@ -64,6 +99,8 @@ impl Default for Settings {
             max_requests: 0,
             max_requests_jitter: 0,
             pidfile: None,
+            limits: Limits::default(),
+            max_connections: 1000,
         }
     }
 }

@@ -21,8 +21,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::scoreboard::{Scoreboard, Slot, SlotState};
-use crate::service::{Request, Service, WorkerApp};
-use crate::{Settings, balance, sys};
+use crate::service::{Refusal, Request, Service, WorkerApp};
+use crate::{Limits, Settings, balance, sys};
 
 use crate::exit::{WORKER_BOOT_FAILED as EXIT_BOOT_FAILED, WORKER_SETUP_FAILED as EXIT_SETUP_FAILED};
 
@@ -47,6 +47,8 @@ enum Turn {
     Defer,
     /// A sibling's, for as long as one is accepting: this worker spent its request budget.
     Yield,
+    /// Nobody's here until one of this worker's connections closes: it holds `max_connections`.
+    Full,
 }
 
 /// How a worker's serving ended.
@@ -280,6 +282,10 @@ struct Conn {
     /// turn it is.
     spent: tokio::sync::Notify,
     builder: http1::Builder,
+    /// Request head limits checked before the service sees a request.
+    limits: Limits,
+    /// Connections this worker holds at most.
+    max_connections: u64,
     limit: u64,
     /// Set when the worker starts draining: every response from then on carries `Connection: close`.
     draining: AtomicBool,
@@ -301,7 +307,7 @@ impl Conn {
                 Turn::Mine => return,
                 Turn::Defer if tokio::time::Instant::now() >= deadline => return,
                 Turn::Defer => balance::RECHECK,
-                Turn::Yield => balance::YIELD_RECHECK,
+                Turn::Yield | Turn::Full => balance::YIELD_RECHECK,
             };
             tokio::select! {
                 _ = closed => {}
@@ -312,6 +318,9 @@ impl Conn {
 
     /// Whose turn it is to take the next connection.
     fn turn(&self) -> Turn {
+        if self.slot.connections() >= self.max_connections {
+            return Turn::Full;
+        }
         let fresh_since = sys::monotonic_ns().saturating_sub(self.peer_silence.as_nanos() as u64);
         let mut peers = self.board.peer_connections(self.slot.index(), fresh_since);
         if self.slot.state() == SlotState::Retiring {
@@ -354,6 +363,13 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout())
         .keep_alive(!settings.keepalive.is_zero());
+    if let Some(bytes) = settings.limits.head_bytes() {
+        builder.max_header_size(bytes);
+    }
+    // hyper's own cap is 100 fields, kept on the stack; a higher limit needs hyper to allocate them.
+    if settings.limits.request_fields > 100 {
+        builder.max_headers(settings.limits.request_fields);
+    }
     let (stop_accepting, stop_rx) = watch::channel(false);
     let conn = Arc::new(Conn {
         service,
@@ -363,6 +379,8 @@ async fn serve(
         closed: tokio::sync::Notify::new(),
         spent: tokio::sync::Notify::new(),
         builder,
+        limits: settings.limits,
+        max_connections: settings.max_connections as u64,
         limit,
         draining: AtomicBool::new(false),
         stop_accepting,
@@ -433,6 +451,32 @@ async fn accept_loop(
     }
 }
 
+/// Whether a parsed request exceeds the head limits, and which.
+fn refusal(limits: &Limits, req: &Request) -> Option<Refusal> {
+    if limits.request_line > 0 {
+        let uri = req.uri();
+        let target = match (uri.scheme_str(), uri.authority()) {
+            (Some(scheme), Some(authority)) => scheme.len() + 3 + authority.as_str().len(),
+            _ => 0,
+        } + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+        // "METHOD SP target SP HTTP/1.1"
+        let line = req.method().as_str().len() + 1 + target + 1 + 8;
+        if line > limits.request_line {
+            return Some(Refusal::RequestLineTooLong { limit: limits.request_line });
+        }
+    }
+    if req.headers().len() > limits.request_fields {
+        return Some(Refusal::TooManyHeaderFields { limit: limits.request_fields });
+    }
+    let too_large = |(name, value): (&hyper::header::HeaderName, &hyper::header::HeaderValue)| {
+        name.as_str().len() + 2 + value.len() > limits.request_field_size
+    };
+    if limits.request_field_size > 0 && req.headers().iter().any(too_large) {
+        return Some(Refusal::HeaderFieldTooLarge { limit: limits.request_field_size });
+    }
+    None
+}
+
 async fn accept_failed(error: std::io::Error) {
     tracing::warn!(error = %error, "accept failed");
     // Out of file descriptors or memory: give in-flight requests a moment to release some.
@@ -449,12 +493,18 @@ fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<
     let service = hyper::service::service_fn(move |mut req: Request| {
         let label = ctx.service.label(&mut req).unwrap_or_default();
         let guard = ctx.slot.request_started(req.method().as_str(), req.uri().path(), &label, sys::monotonic_ns());
+        let refusal = refusal(&ctx.limits, &req);
+        if let Some(refusal) = refusal {
+            req.extensions_mut().insert(refusal);
+        }
         let response = ctx.service.call(req, peer);
         let ctx = ctx.clone();
         async move {
             let mut response = response.await;
             drop(guard);
-            if ctx.draining.load(Ordering::Relaxed) {
+            // Like gunicorn, a refused request ends its connection: what follows it may not be framed as the
+            // client meant.
+            if refusal.is_some() || ctx.draining.load(Ordering::Relaxed) {
                 response
                     .headers_mut()
                     .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
