@@ -124,9 +124,9 @@ CT=180 compose up -d --no-build >"$TMP/up.log" 2>&1 || cat "$TMP/up.log"
 deadline=$((t + 120))
 ok=
 while [ "$(date +%s)" -lt "$deadline" ]; do
-    DB=$(container db) API=$(container api) MIGRATE=$(container migrate)
-    if [ -n "$DB" ] && [ -n "$API" ] && [ -n "$MIGRATE" ] &&
-        [ "$(health "$DB")" = healthy ] && [ "$(health "$API")" = healthy ] &&
+    DB=$(container db) API=$(container api) MIGRATE=$(container migrate) EDGE_C=$(container edge)
+    if [ -n "$DB" ] && [ -n "$API" ] && [ -n "$MIGRATE" ] && [ -n "$EDGE_C" ] &&
+        [ "$(health "$DB")" = healthy ] && [ "$(health "$API")" = healthy ] && [ "$(health "$EDGE_C")" = healthy ] &&
         [ "$("$DOCKER" inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$MIGRATE")" = "exited 0" ] &&
         [ "$(http_code "$EDGE/healthz")" = 200 ]; then
         ok=1
@@ -135,11 +135,11 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
     sleep 1
 done
 if [ -n "$ok" ]; then
-    pass "1. up: db healthy, migrate exited 0, api healthy, edge serving, in $(($(date +%s) - t)) s (limit 120 s)"
+    pass "1. up: db healthy, migrate exited 0, api healthy, edge healthy and serving, in $(($(date +%s) - t)) s (limit 120 s)"
 else
     cat "$TMP/up.log"
     compose ps
-    abort "1. up: db healthy, migrate exited 0, api healthy, edge serving within 120 s"
+    abort "1. up: db healthy, migrate exited 0, api healthy, edge healthy and serving within 120 s"
 fi
 
 # ------------------------------------------------------------------------------------- 2. through the edge
@@ -147,6 +147,8 @@ check "2. GET /healthz through the edge: 200 {\"status\":\"ok\"}" \
     test "$(curl -s --max-time 5 -w ' %{http_code}' "$EDGE/healthz")" = '{"status":"ok"} 200'
 check "2. /readyz is not reachable through the edge (403)" test "$(http_code "$EDGE/readyz")" = 403
 check "2. /metrics is not reachable through the edge (403)" test "$(http_code "$EDGE/metrics")" = 403
+check "2. GET /_edge/healthz: 200 from nginx itself (the edge's healthcheck)" \
+    test "$(curl -s --max-time 5 -w ' %{http_code}' "$EDGE/_edge/healthz")" = '{"status":"ok"} 200'
 readyz_inside() { CT=20 compose exec -T api supervisor healthcheck http://127.0.0.1:8000/readyz; }
 check "2. /readyz answers 200 inside the network (supervisor healthcheck in the api container)" readyz_inside
 
