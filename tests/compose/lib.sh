@@ -1,18 +1,21 @@
 # Shell helpers shared by the tests that run the deployment on a real Docker engine: tests/compose/smoke.sh
 # (Compose) and tests/swarm/swarm.sh (Swarm). Sourced, never run.
 #
-# The caller sets, before sourcing:
-#   ROOT     the repository root (the working directory of every command here)
-#   TMP      a private temporary directory, removed by the caller
-#   T0       the run's start, in seconds since the epoch
-#   LOG_TAG  the word before each log line ("smoke", "swarm")
-# and gets: result lines and counters, the engine (started if none answers), the base image stand-ins, the host
-# release build fed to the API image, and small HTTP helpers. Cleanup stays with the caller, which calls
-# finish_run last.
+# The caller sets LOG_TAG (the word before each log line: "smoke", "swarm") before sourcing, and TMP (a private
+# temporary directory, removed by finish_run) after run_bounded. It gets ROOT (the repository root, also the
+# working directory from here on), T0 (the run's start), result lines and counters, the engine (started if none
+# answers), the base image stand-ins, the host release build fed to the API image, and small HTTP helpers.
+# Cleanup stays with the caller, which calls finish_run last.
 
 # shellcheck shell=bash
 export DEBIAN_FRONTEND=noninteractive
-HERE_LIB=$ROOT/tests/compose
+HERE_LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE_LIB/../.." && pwd)
+# The calling script, by absolute path (run_bounded runs it again from ROOT).
+SCRIPT=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+cd "$ROOT" || exit 1
+T0=$(date +%s)
+TMP=
 
 # Names pinned by docker/Dockerfile, compose/prod.yml and compose/stack.yml (stand-ins are built under these tags).
 DEBIAN_IMAGE=debian:12.11-slim
@@ -45,14 +48,15 @@ abort() {
     exit 1
 }
 
-# run_bounded VAR DEFAULT_SECONDS "$@": re-executes the calling script under timeout(1), once, so the whole run
-# is bounded. On expiry timeout sends TERM to the script's process group; the caller's EXIT trap still cleans up.
+# run_bounded VAR SECONDS "$@": re-executes the calling script under timeout(1), once (VAR marks the second run),
+# so the whole run is bounded. On expiry timeout sends TERM to the script's process group; the caller's EXIT trap
+# still cleans up.
 run_bounded() {
-    local var=$1 seconds=$2 script=$3
-    shift 3
+    local var=$1 seconds=$2
+    shift 2
     [ -n "${!var:-}" ] && return 0
     export "$var"=1
-    exec timeout -s TERM -k 90 "$seconds" bash "$script" "$@"
+    exec timeout -s TERM -k 90 "$seconds" bash "$SCRIPT" "$@"
 }
 
 # finish_run RC: the common end of a run (after the caller's own cleanup): stops the dockerd this run started,

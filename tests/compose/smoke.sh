@@ -29,17 +29,13 @@
 # http://deb.debian.org/debian), SMOKE_REBUILD_STANDINS=1 (ignore the cached stand-ins), SMOKE_BUILD_STAGES=1.
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-HERE=$ROOT/tests/compose
-cd "$ROOT"
-if [ -n "${SMOKE_BUILD_STAGES:-}" ]; then default_timeout=2400; else default_timeout=1200; fi
-TMP=
-T0=$(date +%s)
 LOG_TAG=smoke
 # shellcheck source=tests/compose/lib.sh
-. "$HERE/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+HERE=$ROOT/tests/compose
 # A hard bound on the whole run (the EXIT trap below still cleans up on expiry).
-run_bounded SMOKE_WATCHDOG "${SMOKE_TIMEOUT:-$default_timeout}" "$0" "$@"
+if [ -n "${SMOKE_BUILD_STAGES:-}" ]; then default_timeout=2400; else default_timeout=1200; fi
+run_bounded SMOKE_WATCHDOG "${SMOKE_TIMEOUT:-$default_timeout}" "$@"
 TMP=$(mktemp -d /tmp/compose-smoke.XXXXXX)
 
 API_IMAGE=prefork-api:smoke

@@ -37,8 +37,13 @@ command -v kubectl >/dev/null || { fail "kubectl (with kustomize) is installed";
 if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
     echo "installing kubernetes-validate $VALIDATE_VERSION into $VENV"
     rm -rf "$VENV"
-    { timeout 60 python3 -m venv "$VENV" && timeout 300 "$VENV/bin/pip" install -q "kubernetes-validate==$VALIDATE_VERSION"; } \
-        >"$TMP/pip.log" 2>&1 || { tail -20 "$TMP/pip.log"; rm -rf "$VENV"; fail "pip install kubernetes-validate"; finish; }
+    if ! { timeout 60 python3 -m venv "$VENV" &&
+        timeout 300 "$VENV/bin/pip" install -q "kubernetes-validate==$VALIDATE_VERSION"; } >"$TMP/pip.log" 2>&1; then
+        tail -20 "$TMP/pip.log"
+        rm -rf "$VENV"
+        fail "pip install kubernetes-validate"
+        finish
+    fi
 fi
 PYTHON=$VENV/bin/python
 
@@ -53,7 +58,8 @@ for dir in $(find deploy/kubernetes -name kustomization.yaml -printf '%h\n' | so
     fi
     pass "$name: kubectl kustomize renders ($(grep -c '^kind:' "$out") objects)"
     for version in $KUBE_VERSIONS; do
-        if timeout 120 "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "$out" >"$TMP/validate.log" 2>&1; then
+        if timeout 120 "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "$out" \
+            >"$TMP/validate.log" 2>&1; then
             pass "$name: every object is valid for Kubernetes $version (kubernetes-validate --strict)"
         else
             grep -v '^INFO' "$TMP/validate.log" | head -20
@@ -112,7 +118,8 @@ if ! command -v promtool >/dev/null; then
 elif promtool check config deploy/kubernetes/prometheus/scrape-config.yml >"$TMP/promtool.log" 2>&1; then
     pass "deploy/kubernetes/prometheus/scrape-config.yml passes promtool check config"
 elif grep -q 'field kubernetes_sd_configs not found' "$TMP/promtool.log"; then
-    echo "promtool $(promtool --version 2>&1 | awk 'NR == 1 { print $3 }') has no Kubernetes service discovery: the scrape job is not loaded"
+    echo "promtool $(promtool --version 2>&1 | awk 'NR == 1 { print $3 }') has no Kubernetes service discovery:" \
+        "the scrape job is not loaded"
 else
     cat "$TMP/promtool.log"
     fail "deploy/kubernetes/prometheus/scrape-config.yml passes promtool check config"

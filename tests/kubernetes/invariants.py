@@ -43,7 +43,9 @@ class Manifests:
 
     def configmap(self, prefix):
         # Generated names carry a hash suffix.
-        found = [d for d in self.of_kind("ConfigMap") if re.fullmatch(prefix + r"(-[a-z0-9]{10})?", d["metadata"]["name"])]
+        found = [
+            d for d in self.of_kind("ConfigMap") if re.fullmatch(prefix + r"(-[a-z0-9]{10})?", d["metadata"]["name"])
+        ]
         if len(found) != 1:
             raise KeyError(f"expected one ConfigMap {prefix}, found {len(found)}")
         return found[0]
@@ -51,6 +53,18 @@ class Manifests:
 
 def pod_spec(workload):
     return workload["spec"]["template"]["spec"]
+
+
+def containers(m):
+    """(where, workload, container) for every container of every workload, init containers included."""
+    for w in m.workloads():
+        for c in pod_spec(w)["containers"] + pod_spec(w).get("initContainers", []):
+            yield f"{w['kind']}/{w['metadata']['name']}/{c['name']}", w, c
+
+
+def api_workload(m):
+    deployment = m.get("Deployment", "api")
+    return deployment, container(deployment, "api")
 
 
 def container(workload, name):
@@ -111,7 +125,7 @@ def selects(selector, labels):
 
 
 def api_probes(m, ctx):
-    api = container(m.get("Deployment", "api"), "api")
+    _, api = api_workload(m)
     problems = []
     want = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     for probe, path in want.items():
@@ -129,8 +143,7 @@ def api_probes(m, ctx):
 
 
 def api_grace(m, ctx):
-    deployment = m.get("Deployment", "api")
-    api = container(deployment, "api")
+    deployment, api = api_workload(m)
     problems = []
     graceful = env(api, "SUPERVISOR_GRACEFUL_TIMEOUT")
     graceful = int(graceful["value"]) if graceful else ctx["graceful_timeout"]
@@ -181,40 +194,38 @@ def non_root(m, ctx):
     problems = []
     for w in m.workloads():
         name = f"{w['kind']}/{w['metadata']['name']}"
-        pod = pod_spec(w).get("securityContext", {})
-        if pod.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        if pod_spec(w).get("securityContext", {}).get("seccompProfile", {}).get("type") != "RuntimeDefault":
             problems.append(f"{name}: no RuntimeDefault seccomp profile")
-        for c in pod_spec(w)["containers"] + pod_spec(w).get("initContainers", []):
-            sc = c.get("securityContext", {})
-            if not sc.get("runAsNonRoot", pod.get("runAsNonRoot")):
-                problems.append(f"{name}/{c['name']}: runAsNonRoot is not set")
-            if sc.get("runAsUser", pod.get("runAsUser")) in (0, None):
-                problems.append(f"{name}/{c['name']}: no non-zero runAsUser")
-            if sc.get("allowPrivilegeEscalation") is not False:
-                problems.append(f"{name}/{c['name']}: allowPrivilegeEscalation is not false")
-            if sc.get("readOnlyRootFilesystem") is not True:
-                problems.append(f"{name}/{c['name']}: root file system is not read-only")
-            if "ALL" not in sc.get("capabilities", {}).get("drop", []):
-                problems.append(f"{name}/{c['name']}: capabilities are not all dropped")
         if pod_spec(w).get("automountServiceAccountToken") is not False:
             problems.append(f"{name}: mounts a service account token it does not use")
+    for where, w, c in containers(m):
+        pod = pod_spec(w).get("securityContext", {})
+        sc = c.get("securityContext", {})
+        if not sc.get("runAsNonRoot", pod.get("runAsNonRoot")):
+            problems.append(f"{where}: runAsNonRoot is not set")
+        if sc.get("runAsUser", pod.get("runAsUser")) in (0, None):
+            problems.append(f"{where}: no non-zero runAsUser")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation is not false")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{where}: root file system is not read-only")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            problems.append(f"{where}: capabilities are not all dropped")
     return problems
 
 
 def pinned_images(m, ctx):
     problems = []
-    for w in m.workloads():
-        for c in pod_spec(w)["containers"] + pod_spec(w).get("initContainers", []):
-            image = c["image"]
-            where = f"{w['kind']}/{w['metadata']['name']}/{c['name']}"
-            if "@sha256:" in image:
-                continue
-            tag = image.rsplit("/", 1)[-1].partition(":")[2]
-            if not tag or tag == "latest":
-                problems.append(f"{where}: image {image} is not pinned (tag or digest)")
-            for pinned in ctx["compose_images"]:
-                if image.split(":")[0] == pinned.split(":")[0] and image != pinned:
-                    problems.append(f"{where}: {image} differs from compose/prod.yml's {pinned}")
+    for where, _, c in containers(m):
+        image = c["image"]
+        if "@sha256:" in image:
+            continue
+        tag = image.rsplit("/", 1)[-1].partition(":")[2]
+        if not tag or tag == "latest":
+            problems.append(f"{where}: image {image} is not pinned (tag or digest)")
+        for pinned in ctx["compose_images"]:
+            if image.split(":")[0] == pinned.split(":")[0] and image != pinned:
+                problems.append(f"{where}: {image} differs from compose/prod.yml's {pinned}")
     api = container(m.get("Deployment", "api"), "api")["image"]
     job = container(m.get("Job", "migrate"), "migrate")["image"]
     if api != job:
@@ -224,23 +235,24 @@ def pinned_images(m, ctx):
 
 def resources(m, ctx):
     problems = []
-    for w in m.workloads():
-        for c in pod_spec(w)["containers"] + pod_spec(w).get("initContainers", []):
-            r = c.get("resources", {})
-            for kind in ("requests", "limits"):
-                for what in ("cpu", "memory"):
-                    if what not in r.get(kind, {}):
-                        problems.append(f"{w['kind']}/{w['metadata']['name']}/{c['name']}: no {kind}.{what}")
+    for where, _, c in containers(m):
+        for kind in ("requests", "limits"):
+            for what in ("cpu", "memory"):
+                if what not in c.get("resources", {}).get(kind, {}):
+                    problems.append(f"{where}: no {kind}.{what}")
     return problems
 
 
 def workers_and_connections(m, ctx):
-    deployment = m.get("Deployment", "api")
-    api = container(deployment, "api")
+    deployment, api = api_workload(m)
     problems = []
     concurrency = env(api, "WEB_CONCURRENCY") or {}
     ref = concurrency.get("valueFrom", {}).get("resourceFieldRef", {})
-    if ref.get("resource") != "limits.cpu" or ref.get("containerName", "api") != "api" or str(ref.get("divisor", "1")) != "1":
+    if (
+        ref.get("resource") != "limits.cpu"
+        or ref.get("containerName", "api") != "api"
+        or str(ref.get("divisor", "1")) != "1"
+    ):
         problems.append("WEB_CONCURRENCY is not the api container's CPU limit (resourceFieldRef limits.cpu, divisor 1)")
     workers = math.ceil(cpus(api["resources"]["limits"]["cpu"]))
     pool = int(env(api, "DATABASE_POOL_SIZE")["value"])
@@ -293,21 +305,33 @@ def network_policies(m, ctx):
     policies = m.of_kind("NetworkPolicy")
     labels = {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in m.workloads()}
     app_pods = {"app.kubernetes.io/name": APP}
-    if not any(p["spec"]["podSelector"] == {"matchLabels": app_pods} and not p["spec"].get("ingress") for p in policies):
+    if not any(
+        p["spec"]["podSelector"] == {"matchLabels": app_pods} and not p["spec"].get("ingress") for p in policies
+    ):
         problems.append("no default-deny ingress policy for the stack's pods")
     allowed = {"api": {"edge", "monitoring"}, "db": {"api", "migrate"}}
     for target, want in allowed.items():
         for p in policies:
-            if not selects(p["spec"]["podSelector"], labels[target]) or p["spec"]["podSelector"] == {"matchLabels": app_pods}:
+            if not selects(p["spec"]["podSelector"], labels[target]) or p["spec"]["podSelector"] == {
+                "matchLabels": app_pods
+            }:
                 continue
             for rule in p["spec"].get("ingress", []):
                 if not rule.get("from"):
                     problems.append(f"{p['metadata']['name']}: admits anyone to the {target} pods")
                 for peer in rule.get("from", []):
                     if "namespaceSelector" in peer:
-                        who = peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name", "any namespace")
+                        who = (
+                            peer["namespaceSelector"]
+                            .get("matchLabels", {})
+                            .get("kubernetes.io/metadata.name", "any namespace")
+                        )
                     else:
-                        who = peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component", "any pod")
+                        who = (
+                            peer.get("podSelector", {})
+                            .get("matchLabels", {})
+                            .get("app.kubernetes.io/component", "any pod")
+                        )
                     if who not in want:
                         problems.append(f"{p['metadata']['name']}: admits {who} to the {target} pods")
     return problems
@@ -318,7 +342,9 @@ def prometheus(m, ctx):
     template = deployment["spec"]["template"]
     notes = template["metadata"].get("annotations", {})
     want = {"prometheus.io/scrape": "true", "prometheus.io/port": str(API_PORT), "prometheus.io/path": "/metrics"}
-    problems = [f"api pods: annotation {k} is {notes.get(k)!r}, not {v!r}" for k, v in want.items() if notes.get(k) != v]
+    problems = [
+        f"api pods: annotation {k} is {notes.get(k)!r}, not {v!r}" for k, v in want.items() if notes.get(k) != v
+    ]
     # The shipped scrape job and PodMonitor must keep exactly these pods, on the port named for 8000.
     labels = template["metadata"]["labels"]
     port = next(p["name"] for p in container(deployment, "api")["ports"] if p["containerPort"] == API_PORT)
@@ -338,7 +364,9 @@ def prometheus(m, ctx):
             }
             value = rule.get("separator", ";").join(meta.get(s, "") for s in rule["source_labels"])
             if not re.fullmatch(rule["regex"], value):
-                problems.append(f"scrape job {job['job_name']}: keep rule {rule['regex']!r} drops the api pods ({value!r})")
+                problems.append(
+                    f"scrape job {job['job_name']}: keep rule {rule['regex']!r} drops the api pods ({value!r})"
+                )
     monitor = ctx["podmonitor"]["spec"]
     if not selects(monitor["selector"], labels) or [e["port"] for e in monitor["podMetricsEndpoints"]] != [port]:
         problems.append("the PodMonitor does not select the api pods' metrics port")
@@ -347,23 +375,24 @@ def prometheus(m, ctx):
 
 def secrets(m, ctx):
     problems = []
-    for w in m.workloads():
-        for c in pod_spec(w)["containers"]:
-            for var in ("DATABASE_PASSWORD_FILE", "POSTGRES_PASSWORD_FILE"):
-                e = env(c, var)
-                if not e:
-                    continue
-                mounted = set()
-                for mount in c.get("volumeMounts", []):
-                    volume = next((v for v in pod_spec(w).get("volumes", []) if v["name"] == mount["name"]), {})
-                    secret = volume.get("secret")
-                    if secret and secret["secretName"] == "db-credentials":
-                        mounted |= {f"{mount['mountPath']}/{i['path']}" for i in secret.get("items", []) if i["key"] == "password"}
-                if e["value"] not in mounted:
-                    problems.append(f"{w['metadata']['name']}/{c['name']}: {var} is not the mounted db-credentials password")
-            for e in c.get("env", []):
-                if re.search(r"PASSWORD(?!_FILE)|SECRET|TOKEN", e["name"]) and "value" in e:
-                    problems.append(f"{w['metadata']['name']}/{c['name']}: {e['name']} is a literal in the manifest")
+    for where, w, c in containers(m):
+        for var in ("DATABASE_PASSWORD_FILE", "POSTGRES_PASSWORD_FILE"):
+            e = env(c, var)
+            if not e:
+                continue
+            mounted = set()
+            for mount in c.get("volumeMounts", []):
+                volume = next((v for v in pod_spec(w).get("volumes", []) if v["name"] == mount["name"]), {})
+                secret = volume.get("secret")
+                if secret and secret["secretName"] == "db-credentials":
+                    mounted |= {
+                        f"{mount['mountPath']}/{i['path']}" for i in secret.get("items", []) if i["key"] == "password"
+                    }
+            if e["value"] not in mounted:
+                problems.append(f"{where}: {var} is not the mounted db-credentials password")
+        for e in c.get("env", []):
+            if re.search(r"PASSWORD(?!_FILE)|SECRET|TOKEN", e["name"]) and "value" in e:
+                problems.append(f"{where}: {e['name']} is a literal in the manifest")
     return problems
 
 
@@ -407,38 +436,92 @@ def _set_env(c, name, value):
 
 
 MUTATIONS = [
-    ("api grace period below graceful_timeout", api_grace,
-     lambda m: pod_spec(m.get("Deployment", "api")).update(terminationGracePeriodSeconds=20)),
-    ("graceful_timeout raised above the grace period", api_grace,
-     lambda m: _set_env(_api(m), "SUPERVISOR_GRACEFUL_TIMEOUT", "60")),
+    (
+        "api grace period below graceful_timeout",
+        api_grace,
+        lambda m: pod_spec(m.get("Deployment", "api")).update(terminationGracePeriodSeconds=20),
+    ),
+    (
+        "graceful_timeout raised above the grace period",
+        api_grace,
+        lambda m: _set_env(_api(m), "SUPERVISOR_GRACEFUL_TIMEOUT", "60"),
+    ),
     ("api preStop removed", api_grace, lambda m: _api(m).pop("lifecycle")),
-    ("api rollout may drop a ready pod first", api_grace,
-     lambda m: m.get("Deployment", "api")["spec"]["strategy"]["rollingUpdate"].update(maxUnavailable=1)),
-    ("edge grace period below the proxy read timeout", edge_grace,
-     lambda m: pod_spec(m.get("Deployment", "edge")).update(terminationGracePeriodSeconds=30)),
+    (
+        "api rollout may drop a ready pod first",
+        api_grace,
+        lambda m: m.get("Deployment", "api")["spec"]["strategy"]["rollingUpdate"].update(maxUnavailable=1),
+    ),
+    (
+        "edge grace period below the proxy read timeout",
+        edge_grace,
+        lambda m: pod_spec(m.get("Deployment", "edge")).update(terminationGracePeriodSeconds=30),
+    ),
     ("readiness probe on /healthz", api_probes, lambda m: _api(m)["readinessProbe"]["httpGet"].update(path="/healthz")),
     ("liveness probe on another port", api_probes, lambda m: _api(m)["livenessProbe"]["httpGet"].update(port=9000)),
-    ("edge upstream is not the api Service", edge_probes_and_upstream,
-     lambda m: _set_env(container(m.get("Deployment", "edge"), "nginx"), "EDGE_API_UPSTREAM", "backend:8000")),
-    ("api runs as root", non_root, lambda m: pod_spec(m.get("Deployment", "api"))["securityContext"].update(runAsUser=0)),
-    ("edge root file system writable", non_root,
-     lambda m: container(m.get("Deployment", "edge"), "nginx")["securityContext"].update(readOnlyRootFilesystem=False)),
-    ("edge image :latest", pinned_images, lambda m: container(m.get("Deployment", "edge"), "nginx").update(image="nginx:latest")),
-    ("postgres image differs from Compose", pinned_images,
-     lambda m: container(m.get("StatefulSet", "db"), "postgres").update(image="postgres:17.0")),
-    ("migration Job on another release", pinned_images,
-     lambda m: container(m.get("Job", "migrate"), "migrate").update(image="prefork-api:0.0.9")),
-    ("db container without resources", resources, lambda m: container(m.get("StatefulSet", "db"), "postgres").pop("resources")),
+    (
+        "edge upstream is not the api Service",
+        edge_probes_and_upstream,
+        lambda m: _set_env(container(m.get("Deployment", "edge"), "nginx"), "EDGE_API_UPSTREAM", "backend:8000"),
+    ),
+    (
+        "api runs as root",
+        non_root,
+        lambda m: pod_spec(m.get("Deployment", "api"))["securityContext"].update(runAsUser=0),
+    ),
+    (
+        "edge root file system writable",
+        non_root,
+        lambda m: container(m.get("Deployment", "edge"), "nginx")["securityContext"].update(
+            readOnlyRootFilesystem=False
+        ),
+    ),
+    (
+        "edge image :latest",
+        pinned_images,
+        lambda m: container(m.get("Deployment", "edge"), "nginx").update(image="nginx:latest"),
+    ),
+    (
+        "postgres image differs from Compose",
+        pinned_images,
+        lambda m: container(m.get("StatefulSet", "db"), "postgres").update(image="postgres:17.0"),
+    ),
+    (
+        "migration Job on another release",
+        pinned_images,
+        lambda m: container(m.get("Job", "migrate"), "migrate").update(image="prefork-api:0.0.9"),
+    ),
+    (
+        "db container without resources",
+        resources,
+        lambda m: container(m.get("StatefulSet", "db"), "postgres").pop("resources"),
+    ),
     ("WEB_CONCURRENCY as a literal", workers_and_connections, lambda m: _set_env(_api(m), "WEB_CONCURRENCY", "8")),
-    ("autoscaler beyond the connection budget", workers_and_connections,
-     lambda m: m.get("HorizontalPodAutoscaler", "api")["spec"].update(maxReplicas=50)),
-    ("api admits every pod", network_policies,
-     lambda m: m.get("NetworkPolicy", "api-from-edge-and-prometheus")["spec"]["ingress"][0].pop("from")),
-    ("Prometheus told another port", prometheus,
-     lambda m: m.get("Deployment", "api")["spec"]["template"]["metadata"]["annotations"].update({"prometheus.io/port": "9090"})),
+    (
+        "autoscaler beyond the connection budget",
+        workers_and_connections,
+        lambda m: m.get("HorizontalPodAutoscaler", "api")["spec"].update(maxReplicas=50),
+    ),
+    (
+        "api admits every pod",
+        network_policies,
+        lambda m: m.get("NetworkPolicy", "api-from-edge-and-prometheus")["spec"]["ingress"][0].pop("from"),
+    ),
+    (
+        "Prometheus told another port",
+        prometheus,
+        lambda m: m.get("Deployment", "api")["spec"]["template"]["metadata"]["annotations"].update(
+            {"prometheus.io/port": "9090"}
+        ),
+    ),
     ("api port renamed under the scrape job", prometheus, lambda m: _api(m)["ports"][0].update(name="web")),
-    ("api pods relabelled away from the scrape job", prometheus,
-     lambda m: m.get("Deployment", "api")["spec"]["template"]["metadata"]["labels"].update({"app.kubernetes.io/component": "backend"})),
+    (
+        "api pods relabelled away from the scrape job",
+        prometheus,
+        lambda m: m.get("Deployment", "api")["spec"]["template"]["metadata"]["labels"].update(
+            {"app.kubernetes.io/component": "backend"}
+        ),
+    ),
     ("database password as a literal", secrets, lambda m: _set_env(_api(m), "DATABASE_PASSWORD", "hunter2")),
 ]
 
@@ -447,14 +530,16 @@ def main(argv):
     if len(argv) not in (3, 4) or (len(argv) == 4 and argv[3] != "--mutations"):
         sys.exit(__doc__)
     root, rendered = Path(argv[1]), argv[2]
-    docs = list(yaml.safe_load_all(open(rendered)))
-    compose = yaml.safe_load(open(root / "compose/prod.yml"))
+    docs = list(yaml.safe_load_all(Path(rendered).read_text()))
+    compose = yaml.safe_load((root / "compose/prod.yml").read_text())
     prometheus_dir = root / "deploy/kubernetes/prometheus"
     ctx = {
         "graceful_timeout": tomllib.loads((root / "conf/supervisor.toml").read_text())["graceful_timeout"],
-        "scrape": yaml.safe_load(open(prometheus_dir / "scrape-config.yml")),
-        "podmonitor": yaml.safe_load(open(prometheus_dir / "podmonitor.yaml")),
-        "compose_images": sorted({s["image"] for s in compose["services"].values() if "${" not in s.get("image", "${")}),
+        "scrape": yaml.safe_load((prometheus_dir / "scrape-config.yml").read_text()),
+        "podmonitor": yaml.safe_load((prometheus_dir / "podmonitor.yaml").read_text()),
+        "compose_images": sorted(
+            {s["image"] for s in compose["services"].values() if "${" not in s.get("image", "${")}
+        ),
     }
     passed = failed = 0
     if len(argv) == 3:

@@ -23,16 +23,12 @@
 # Knobs: SWARM_TIMEOUT (whole run, seconds, default 900), DEBIAN_MIRROR, SMOKE_REBUILD_STANDINS=1 (as smoke.sh).
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-HERE=$ROOT/tests/swarm
-cd "$ROOT"
-TMP=
-T0=$(date +%s)
 LOG_TAG=swarm
 # shellcheck source=tests/compose/lib.sh
-. "$ROOT/tests/compose/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../compose/lib.sh"
+HERE=$ROOT/tests/swarm
 # A hard bound on the whole run (the EXIT trap below still cleans up on expiry).
-run_bounded SWARM_WATCHDOG "${SWARM_TIMEOUT:-900}" "$0" "$@"
+run_bounded SWARM_WATCHDOG "${SWARM_TIMEOUT:-900}" "$@"
 TMP=$(mktemp -d /tmp/swarm-test.XXXXXX)
 
 STACK=prefork-swarm-test
@@ -62,7 +58,8 @@ cleanup() {
         if [ "$FAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
             log "tasks and logs (tail) of the failed run:"
             for s in db migrate api edge; do
-                "$DOCKER" service ps --no-trunc --format '    {{.Name}} {{.Image}} {{.DesiredState}} {{.CurrentState}} {{.Error}}' "$(svc "$s")" 2>&1 | head -12
+                "$DOCKER" service ps --no-trunc "$(svc "$s")" 2>&1 \
+                    --format '    {{.Name}} {{.Image}} {{.DesiredState}} {{.CurrentState}} {{.Error}}' | head -12
                 timeout 20 "$DOCKER" service logs --tail 200 "$(svc "$s")" >"$TMP/service.log" 2>&1
                 grep -v '"target":"\(access\|edge_access\)"' "$TMP/service.log" | tail -8 | cut -c1-300 | sed 's/^/    /'
             done
@@ -72,13 +69,18 @@ cleanup() {
         wait_for 90 "the stack's tasks have stopped" \
             eval '[ -z "$("$DOCKER" ps -q --filter "label=com.docker.stack.namespace=$STACK")" ]' || true
         "$DOCKER" ps -aq --filter "label=com.docker.stack.namespace=$STACK" | xargs -r "$DOCKER" rm -f >/dev/null 2>&1
-        wait_for 30 "the database volume is removed" \
-            eval '! "$DOCKER" volume inspect "${STACK}_db-data" >/dev/null 2>&1 || "$DOCKER" volume rm "${STACK}_db-data" >/dev/null 2>&1' || true
+        volume_gone() {
+            "$DOCKER" volume rm "${STACK}_db-data" >/dev/null 2>&1 ||
+                ! "$DOCKER" volume inspect "${STACK}_db-data" >/dev/null 2>&1
+        }
+        wait_for 30 "the database volume is removed" volume_gone || true
         timeout 60 "$DOCKER" swarm leave --force >/dev/null 2>&1 || log "swarm leave failed"
     fi
     if [ -n "$CREATED_GWBRIDGE" ]; then
-        wait_for 30 "docker_gwbridge is removed" \
-            eval '"$DOCKER" network rm docker_gwbridge >/dev/null 2>&1 || ! "$DOCKER" network inspect docker_gwbridge >/dev/null 2>&1' || true
+        gwbridge_gone() {
+            "$DOCKER" network rm docker_gwbridge >/dev/null 2>&1 || ! "$DOCKER" network inspect docker_gwbridge >/dev/null 2>&1
+        }
+        wait_for 30 "docker_gwbridge is removed" gwbridge_gone || true
     fi
     [ -n "${DOCKER:-}" ] && timeout 60 "$DOCKER" image rm -f "$IMAGE_A" "$IMAGE_B" "$IMAGE_BROKEN" >/dev/null 2>&1
     finish_run "$rc"
@@ -178,7 +180,8 @@ for c in $(type -ap docker) /usr/bin/docker; do
     if [ "${v%%.*}" -ge 23 ] 2>/dev/null; then STACK_DOCKER=$c; break; fi
 done
 [ -n "$STACK_DOCKER" ] || abort "a Docker CLI >= 23.0 for docker stack deploy (replicated-job); found none"
-log "engine $("$DOCKER" version -f '{{.Server.Version}}'); stack deploy with $STACK_DOCKER $("$STACK_DOCKER" version -f '{{.Client.Version}}')"
+log "engine $("$DOCKER" version -f '{{.Server.Version}}');" \
+    "stack deploy with $STACK_DOCKER $("$STACK_DOCKER" version -f '{{.Client.Version}}')"
 
 start_host_build
 ensure_base_images
@@ -189,15 +192,19 @@ build_api_image "$IMAGE_B" --label org.opencontainers.image.version=swarm-b
 printf 'FROM %s\nCMD ["supervisor", "--config", "/app/conf/supervisor.toml", "--workers", "none"]\n' "$IMAGE_B" |
     timeout 120 "$DOCKER" build -q -t "$IMAGE_BROKEN" - >"$TMP/build-broken.log" 2>&1 ||
     { cat "$TMP/build-broken.log"; abort "build $IMAGE_BROKEN"; }
-if timeout 30 "$DOCKER" run --rm "$IMAGE_BROKEN" >"$TMP/broken-run.log" 2>&1; then abort "$IMAGE_BROKEN should not boot"; fi
+if timeout 30 "$DOCKER" run --rm "$IMAGE_BROKEN" >"$TMP/broken-run.log" 2>&1; then
+    abort "$IMAGE_BROKEN should not boot"
+fi
 
 # ------------------------------------------------------------------------------------------------ 2. swarm
 state=$("$DOCKER" info -f '{{.Swarm.LocalNodeState}}')
 [ "$state" = inactive ] ||
-    abort "the engine is already in a swarm ($state); this test starts and leaves its own, so run it on an engine in none"
+    abort "the engine is already in a swarm ($state); this test starts and leaves its own: use an engine in none"
 # Host-mode published ports bind to docker_gwbridge's host_binding_ipv4: created before the swarm, with 127.0.0.1,
 # the edge's port is published on loopback only. (Without a swarm the network is unused and can be replaced.)
-if [ "$("$DOCKER" network inspect -f '{{index .Options "com.docker.network.bridge.host_binding_ipv4"}}' docker_gwbridge 2>/dev/null)" != 127.0.0.1 ]; then
+binding=$("$DOCKER" network inspect -f '{{index .Options "com.docker.network.bridge.host_binding_ipv4"}}' \
+    docker_gwbridge 2>/dev/null)
+if [ "$binding" != 127.0.0.1 ]; then
     "$DOCKER" network rm docker_gwbridge >/dev/null 2>&1
     "$DOCKER" network create --driver bridge \
         -o com.docker.network.bridge.name=docker_gwbridge \
@@ -223,7 +230,8 @@ export DB_PASSWORD_FILE=$TMP/db_password EDGE_HTTP_PORT=$EDGE_PORT
 t=$(date +%s)
 deploy "$IMAGE_A" || abort "docker stack deploy -c compose/stack.yml"
 if wait_for 240 "deploy" eval 'job_completed_with "$IMAGE_A" && api_settled 2 "$IMAGE_A" && edge_serving'; then
-    pass "1. deploy from nothing: migrate job completed, 2 api tasks healthy, edge healthy and serving in $(($(date +%s) - t)) s (limit 240 s)"
+    pass "1. deploy from nothing: migrate job completed, 2 api tasks healthy, edge healthy and serving" \
+        "in $(($(date +%s) - t)) s (limit 240 s)"
 else
     abort "1. deploy from nothing: migrate job completed, 2 api tasks healthy, edge serving within 240 s"
 fi
@@ -233,7 +241,8 @@ fi
 gated() {
     local job t finished probes
     for job in $("$DOCKER" service ps -q "$(svc migrate)"); do
-        [ "$(task_field "$job" '{{.Status.State}}')" = complete ] && finished=$(task_field "$job" '{{json .Status.Timestamp}}')
+        [ "$(task_field "$job" '{{.Status.State}}')" = complete ] &&
+            finished=$(task_field "$job" '{{json .Status.Timestamp}}')
     done
     for t in $(running_tasks api); do
         probes=$("$DOCKER" inspect -f '{{json .State.Health.Log}}' "$(container_of "$t")")
@@ -326,15 +335,23 @@ stop_load
 check "3. scaling 2 -> 4 -> 2 under load: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200)" load_ok 200
 
 # ------------------------------------------------------------------------------------ 2. rolling update
-start_load update
-t=$(date +%s)
-deploy "$IMAGE_B" || fail "2. docker stack deploy with API_IMAGE=$IMAGE_B"
-if wait_for 240 "the rolling update" eval '[ "$(update_state api)" = completed ] && api_settled 2 "$IMAGE_B"'; then
-    pass "2. rolling update to a new image: completed, 2 healthy tasks of $IMAGE_B, in $(($(date +%s) - t)) s"
+# rollout_under_load NAME IMAGE STATE RUNNING SECONDS: `docker stack deploy` with API_IMAGE=IMAGE under load, then
+# waits until the api's update state is STATE with 2 healthy tasks of RUNNING. Sets ROLLOUT_S, LOAD_BAD, LOAD_TOTAL.
+rollout_under_load() {
+    local name=$1 image=$2 state=$3 running=$4 seconds=$5 t rc=0
+    start_load "$name"
+    t=$(date +%s)
+    deploy "$image" || fail "docker stack deploy with API_IMAGE=$image"
+    wait_for "$seconds" "$name" eval '[ "$(update_state api)" = "$state" ] && api_settled 2 "$running"' || rc=1
+    ROLLOUT_S=$(($(date +%s) - t))
+    stop_load
+    return $rc
+}
+if rollout_under_load update "$IMAGE_B" completed "$IMAGE_B" 240; then
+    pass "2. rolling update to a new image: completed, 2 healthy tasks of $IMAGE_B, in $ROLLOUT_S s"
 else
     fail "2. rolling update to a new image completed within 240 s (state: $(update_state api))"
 fi
-stop_load
 check "2. rolling update under load: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200)" load_ok 200
 check "2. the migration job ran again, with the new image" job_completed_with "$IMAGE_B"
 # Every api task of the first release that was stopped (2 by the scale-down, 2 by the update) drained: the master
@@ -358,15 +375,11 @@ drained() {
 check "2. the old tasks drained: each exited 0 after logging a graceful stop" drained
 
 # ------------------------------------------------------------------------------- 4. automatic rollback
-start_load rollback
-t=$(date +%s)
-deploy "$IMAGE_BROKEN" || fail "4. docker stack deploy with API_IMAGE=$IMAGE_BROKEN"
-if wait_for 300 "the rollback" eval '[ "$(update_state api)" = rollback_completed ] && api_settled 2 "$IMAGE_B"'; then
-    pass "4. an image whose api cannot boot: the update was rolled back automatically to $IMAGE_B in $(($(date +%s) - t)) s"
+if rollout_under_load rollback "$IMAGE_BROKEN" rollback_completed "$IMAGE_B" 300; then
+    pass "4. an image whose api cannot boot: the update was rolled back automatically to $IMAGE_B in $ROLLOUT_S s"
 else
     fail "4. the update to a broken image was rolled back within 300 s (state: $(update_state api))"
 fi
-stop_load
 check "4. service continued during the failed update: 0 failed requests ($LOAD_BAD of $LOAD_TOTAL not 200)" load_ok 100
 
 # ---------------------------------------------------------------------------------- 5. a killed api task
