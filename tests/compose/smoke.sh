@@ -29,55 +29,21 @@
 # http://deb.debian.org/debian), SMOKE_REBUILD_STANDINS=1 (ignore the cached stand-ins), SMOKE_BUILD_STAGES=1.
 set -uo pipefail
 
-if [ -z "${SMOKE_WATCHDOG:-}" ]; then
-    # A hard bound on the whole run. On expiry timeout(1) sends TERM to this script's process group; the EXIT
-    # trap below still cleans up.
-    export SMOKE_WATCHDOG=1
-    if [ -n "${SMOKE_BUILD_STAGES:-}" ]; then default_timeout=2400; else default_timeout=1200; fi
-    exec timeout -s TERM -k 90 "${SMOKE_TIMEOUT:-$default_timeout}" bash "$0" "$@"
-fi
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LOG_TAG=smoke
+# shellcheck source=tests/compose/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE=$ROOT/tests/compose
-cd "$ROOT"
-export DEBIAN_FRONTEND=noninteractive
+# A hard bound on the whole run (the EXIT trap below still cleans up on expiry).
+if [ -n "${SMOKE_BUILD_STAGES:-}" ]; then default_timeout=2400; else default_timeout=1200; fi
+run_bounded SMOKE_WATCHDOG "${SMOKE_TIMEOUT:-$default_timeout}" "$@"
+TMP=$(mktemp -d /tmp/compose-smoke.XXXXXX)
 
-# Names pinned by docker/Dockerfile and compose/prod.yml (stand-ins are built under these tags).
-DEBIAN_IMAGE=debian:12.11-slim
-POSTGRES_IMAGE=postgres:16.9-bookworm
-NGINX_IMAGE=nginx:1.28.0-bookworm
 API_IMAGE=prefork-api:smoke
 # SMOKE_BUILD_STAGES only: images built by the Dockerfile's build and test stages.
 BUILT_IMAGE=prefork-api:smoke-built
 TEST_IMAGE=prefork-api-test:smoke
 PROJECT=prefork-smoke
-DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-
-PASSED=0
-FAILED=0
-STARTED_DOCKERD_PID=
 STACK_UP=
-TMP=$(mktemp -d /tmp/compose-smoke.XXXXXX)
-T0=$(date +%s)
-# The run's own stdout and stderr, for the traps: a signal can arrive while a function runs with its output
-# redirected to a file, and bash runs the trap with that redirection still in place.
-exec 3>&1 4>&2
-
-log() { printf '[smoke %4ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
-pass() { PASSED=$((PASSED + 1)); log "PASS: $*"; }
-fail() { FAILED=$((FAILED + 1)); log "FAIL: $*"; }
-# check NAME COMMAND...: one pass or fail line.
-check() {
-    local name=$1
-    shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
-}
-
-# The engine's own CLI when there is one (a newer standalone CLI may expect buildx for `docker build`).
-pick_docker() {
-    if [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker; else DOCKER=$(command -v docker || true); fi
-}
-pick_docker
 
 # compose ARGS...: the stack's compose files, bounded by CT seconds (default 180).
 compose() {
@@ -93,10 +59,6 @@ cleanup() {
     log "cleanup"
     [ -n "${LOAD_PIDS:-}" ] && kill $LOAD_PIDS 2>/dev/null
     [ -n "${SLOW_PID:-}" ] && kill "$SLOW_PID" 2>/dev/null
-    if [ -n "${CARGO_PID:-}" ]; then
-        kill "$CARGO_PID" 2>/dev/null
-        wait "$CARGO_PID" 2>/dev/null
-    fi
     if [ -n "$STACK_UP" ]; then
         unset WITH_DEBUG_API
         if [ "$FAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
@@ -112,168 +74,30 @@ cleanup() {
         timeout 60 "$DOCKER" image rm -f "$BUILT_IMAGE" "$TEST_IMAGE" >/dev/null 2>&1
     fi
     [ -n "${DOCKER:-}" ] && timeout 60 "$DOCKER" image rm -f "$API_IMAGE" >/dev/null 2>&1
-    rm -f "$ROOT/docker/prebuilt/supervisor"
-    if [ -n "$STARTED_DOCKERD_PID" ]; then
-        log "stopping the dockerd this run started (pid $STARTED_DOCKERD_PID)"
-        kill -TERM "$STARTED_DOCKERD_PID" 2>/dev/null
-        for _ in $(seq 60); do kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
-        kill -KILL "$STARTED_DOCKERD_PID" 2>/dev/null
-    fi
-    rm -rf "$TMP"
-    if [ "$rc" -ne 0 ] && [ "$FAILED" -eq 0 ]; then
-        FAILED=1
-        log "FAIL: the run stopped early (exit status $rc)"
-    fi
-    log "total $(($(date +%s) - T0)) s"
-    echo "$PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ] && exit 0
-    exit 1
+    finish_run "$rc"
 }
 trap cleanup EXIT
 trap 'exec 1>&3 2>&4; log "interrupted"; exit 130' INT TERM
 
-# Stops the run: the remaining checks depend on this step.
-abort() {
-    fail "$*"
-    exit 1
-}
-
 # ------------------------------------------------------------------------------------------------ 1. engine
-apt_install() {
-    log "installing Debian packages: $*"
-    timeout 300 apt-get update -qq >"$TMP/apt.log" 2>&1 &&
-        timeout 600 apt-get install -y -qq --no-install-recommends "$@" >>"$TMP/apt.log" 2>&1 ||
-        { tail -20 "$TMP/apt.log"; return 1; }
-}
-
-ensure_engine() {
-    local missing=()
-    # An engine is needed unless one already answers (possibly without a local dockerd binary).
-    if [ -z "${DOCKER:-}" ] || { ! command -v dockerd >/dev/null 2>&1 && ! timeout 20 "$DOCKER" info >/dev/null 2>&1; }; then
-        missing+=(docker.io)
-    fi
-    command -v curl >/dev/null 2>&1 || missing+=(curl)
-    command -v python3 >/dev/null 2>&1 || missing+=(python3)
-    if ! command -v docker-compose >/dev/null 2>&1 && ! { [ -n "${DOCKER:-}" ] && "$DOCKER" compose version >/dev/null 2>&1; }; then
-        missing+=(docker-compose)
-    fi
-    if [ ${#missing[@]} -gt 0 ]; then
-        apt_install "${missing[@]}" || return 1
-        pick_docker
-    fi
-    if [ -n "${DOCKER:-}" ] && "$DOCKER" compose version >/dev/null 2>&1; then
-        COMPOSE=("$DOCKER" compose)
-    else
-        COMPOSE=(docker-compose)
-    fi
-    if timeout 20 "$DOCKER" info >/dev/null 2>&1; then
-        log "using the running Docker engine"
-        return 0
-    fi
-    log "starting dockerd (log: $TMP/dockerd.log)"
-    # Its own session, so that the watchdog's signal to this script's process group does not stop the engine
-    # before cleanup has taken the stack down; cleanup stops it by pid.
-    setsid dockerd >"$TMP/dockerd.log" 2>&1 </dev/null &
-    STARTED_DOCKERD_PID=$!
-    local deadline=$(($(date +%s) + 60))
-    until timeout 10 "$DOCKER" info >/dev/null 2>&1; do
-        if [ "$(date +%s)" -ge "$deadline" ] || ! kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null; then
-            tail -20 "$TMP/dockerd.log"
-            return 1
-        fi
-        sleep 1
-    done
-    log "dockerd is up"
-}
-
-ensure_engine || abort "a Docker engine is running"
+ensure_engine compose || abort "a Docker engine is running"
 log "docker: $("$DOCKER" version --format '{{.Server.Version}}' 2>/dev/null), compose: ${COMPOSE[*]} $("${COMPOSE[@]}" version --short 2>/dev/null)"
 
 # ----------------------------------------------------------------------------------- 2. base image stand-ins
-# A stand-in carries its recipe's hash (the files under standins/NAME) in the label smoke.recipe and is rebuilt
-# when the recipe changes. An image under the pinned tag without that label is the real one (pulled or loaded):
-# it is used as it is and never overwritten.
-recipe_hash() { (cd "$HERE/standins" && find "$@" -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16); }
-cached() { # IMAGE HASH
-    local label
-    "$DOCKER" image inspect "$1" >/dev/null 2>&1 || return 1
-    label=$("$DOCKER" image inspect -f '{{index .Config.Labels "smoke.recipe"}}' "$1" 2>/dev/null)
-    case $label in
-        "" | "<no value>") log "using $1 as found (not a stand-in)"; return 0 ;;
-        "$2") [ -z "${SMOKE_REBUILD_STANDINS:-}" ] && log "cached: $1" ;;
-        *) return 1 ;;
-    esac
-}
-
-build_debian_base() {
-    local label
-    if "$DOCKER" image inspect "$DEBIAN_IMAGE" >/dev/null 2>&1; then
-        label=$("$DOCKER" image inspect -f '{{index .Config.Labels "smoke.recipe"}}' "$DEBIAN_IMAGE" 2>/dev/null)
-        case $label in
-            "" | "<no value>") log "using $DEBIAN_IMAGE as found (not a stand-in)"; return 0 ;;
-            *) [ -z "${SMOKE_REBUILD_STANDINS:-}" ] && { log "cached: $DEBIAN_IMAGE"; return 0; } ;;
-        esac
-    fi
-    command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap || return 1
-    log "building $DEBIAN_IMAGE: debootstrap --variant=minbase bookworm ($DEBIAN_MIRROR)"
-    local rootfs=$TMP/rootfs
-    timeout 600 debootstrap --variant=minbase bookworm "$rootfs" "$DEBIAN_MIRROR" >"$TMP/debootstrap.log" 2>&1 ||
-        { tail -20 "$TMP/debootstrap.log"; return 1; }
-    # What the official slim image adds: security and point-release updates in the sources, no package caches.
-    cat >"$rootfs/etc/apt/sources.list" <<EOF
-deb $DEBIAN_MIRROR bookworm main
-deb $DEBIAN_MIRROR bookworm-updates main
-deb ${DEBIAN_MIRROR%/debian}/debian-security bookworm-security main
-EOF
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    timeout 300 tar -C "$rootfs" -c . | timeout 300 "$DOCKER" import \
-        -c 'CMD ["bash"]' -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        -c 'LABEL smoke.recipe=debootstrap-minbase-bookworm' \
-        -m "stand-in for $DEBIAN_IMAGE: debootstrap minbase bookworm" - "$DEBIAN_IMAGE" >/dev/null || return 1
-    rm -rf "$rootfs"
-}
-
-build_standin() { # IMAGE DIR
-    local image=$1 dir=$2 hash
-    hash=$(recipe_hash "$dir")
-    cached "$image" "$hash" && return 0
-    log "building the stand-in $image from tests/compose/standins/$dir"
-    DOCKER_BUILDKIT=1 timeout 600 "$DOCKER" build --build-arg BASE="$DEBIAN_IMAGE" --label smoke.recipe="$hash" \
-        -t "$image" "$HERE/standins/$dir" >"$TMP/build-$dir.log" 2>&1 || { tail -20 "$TMP/build-$dir.log"; return 1; }
-}
-
-# The host build (CPU) runs while the base images are made (mostly network and disk).
-log "cargo build --release --locked --bin supervisor (host, in the background; log $TMP/cargo.log)"
-t_cargo=$(date +%s)
-timeout 1200 cargo build --release --locked --bin supervisor >"$TMP/cargo.log" 2>&1 &
-CARGO_PID=$!
-
-t=$(date +%s)
-build_debian_base || abort "stand-in $DEBIAN_IMAGE"
-build_standin "$POSTGRES_IMAGE" postgres || abort "stand-in $POSTGRES_IMAGE"
-build_standin "$NGINX_IMAGE" nginx || abort "stand-in $NGINX_IMAGE"
-log "base images ready in $(($(date +%s) - t)) s"
+start_host_build
+ensure_base_images
 
 # ---------------------------------------------------------------------------------------------- 3. API image
-wait "$CARGO_PID" || { tail -20 "$TMP/cargo.log"; abort "host release build (cargo build --release)"; }
-CARGO_PID=
-install -m 0755 target/release/supervisor docker/prebuilt/supervisor
-log "release binary ready, $(($(date +%s) - t_cargo)) s after the build started"
 t=$(date +%s)
-DOCKER_BUILDKIT=1 timeout 300 "$DOCKER" build -f docker/Dockerfile --target prod \
-    --build-arg SUPERVISOR_BINARY=prebuilt -t "$API_IMAGE" . >"$TMP/build-api.log" 2>&1 ||
-    { tail -30 "$TMP/build-api.log"; abort "docker build --target prod (prebuilt binary)"; }
+build_api_image "$API_IMAGE"
 pass "docker/Dockerfile prod stage builds with the host binary ($(($(date +%s) - t)) s)"
 
 # ------------------------------------------------------------------------------------------------- 4. stack
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 EDGE_PORT=$(free_port)
 SMOKE_API_PORT=$(free_port)
 EDGE=http://127.0.0.1:$EDGE_PORT
 mkdir -p "$TMP/backups"
-# A password with characters that need quoting in a libpq connection string.
-printf "smoke'pw\\\\%s \$x@y\n" "$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" >"$TMP/db_password"
-chmod 0644 "$TMP/db_password"
+write_db_password "$TMP/db_password"
 export COMPOSE_PROJECT_NAME=$PROJECT API_IMAGE DB_PASSWORD_FILE=$TMP/db_password BACKUP_DIR=$TMP/backups \
     EDGE_HTTP_BIND=127.0.0.1 EDGE_HTTP_PORT=$EDGE_PORT SMOKE_API_PORT
 
@@ -288,7 +112,6 @@ logs_have() {
     grep -q -- "$2" "$TMP/logs.txt"
 }
 health() { "$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$1" 2>/dev/null; }
-http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
 
 log "compose up (edge on $EDGE)"
 t=$(date +%s)
@@ -297,9 +120,9 @@ CT=180 compose up -d --no-build >"$TMP/up.log" 2>&1 || cat "$TMP/up.log"
 deadline=$((t + 120))
 ok=
 while [ "$(date +%s)" -lt "$deadline" ]; do
-    DB=$(container db) API=$(container api) MIGRATE=$(container migrate)
-    if [ -n "$DB" ] && [ -n "$API" ] && [ -n "$MIGRATE" ] &&
-        [ "$(health "$DB")" = healthy ] && [ "$(health "$API")" = healthy ] &&
+    DB=$(container db) API=$(container api) MIGRATE=$(container migrate) EDGE_C=$(container edge)
+    if [ -n "$DB" ] && [ -n "$API" ] && [ -n "$MIGRATE" ] && [ -n "$EDGE_C" ] &&
+        [ "$(health "$DB")" = healthy ] && [ "$(health "$API")" = healthy ] && [ "$(health "$EDGE_C")" = healthy ] &&
         [ "$("$DOCKER" inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$MIGRATE")" = "exited 0" ] &&
         [ "$(http_code "$EDGE/healthz")" = 200 ]; then
         ok=1
@@ -308,11 +131,11 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
     sleep 1
 done
 if [ -n "$ok" ]; then
-    pass "1. up: db healthy, migrate exited 0, api healthy, edge serving, in $(($(date +%s) - t)) s (limit 120 s)"
+    pass "1. up: db healthy, migrate exited 0, api healthy, edge healthy and serving, in $(($(date +%s) - t)) s (limit 120 s)"
 else
     cat "$TMP/up.log"
     compose ps
-    abort "1. up: db healthy, migrate exited 0, api healthy, edge serving within 120 s"
+    abort "1. up: db healthy, migrate exited 0, api healthy, edge healthy and serving within 120 s"
 fi
 
 # ------------------------------------------------------------------------------------- 2. through the edge
@@ -320,11 +143,10 @@ check "2. GET /healthz through the edge: 200 {\"status\":\"ok\"}" \
     test "$(curl -s --max-time 5 -w ' %{http_code}' "$EDGE/healthz")" = '{"status":"ok"} 200'
 check "2. /readyz is not reachable through the edge (403)" test "$(http_code "$EDGE/readyz")" = 403
 check "2. /metrics is not reachable through the edge (403)" test "$(http_code "$EDGE/metrics")" = 403
+check "2. GET /_edge/healthz: 200 from nginx itself (the edge's healthcheck)" \
+    test "$(curl -s --max-time 5 -w ' %{http_code}' "$EDGE/_edge/healthz")" = '{"status":"ok"} 200'
 readyz_inside() { CT=20 compose exec -T api supervisor healthcheck http://127.0.0.1:8000/readyz; }
 check "2. /readyz answers 200 inside the network (supervisor healthcheck in the api container)" readyz_inside
-
-# json FILE EXPR: evaluate a Python expression over the parsed JSON document `j`.
-json() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$@" 2>/dev/null; }
 
 code=$(curl -s --max-time 5 -o "$TMP/created.json" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
     -d '{"name":"smoke item","quantity":3}' "$EDGE/api/items")
@@ -368,14 +190,6 @@ check "6. the image has no compiler (cc, gcc, clang, rustc, cargo, ld, cc1)" no_
 # ---------------------------------------------------------------------- 4. SIGHUP reload under load
 # Load through the edge: four keep-alive loops on /healthz (not rate limited) and one on an item under the
 # /api/ rate. Every answer must be 200.
-load_loop() { # OUTFILE STOPFILE URL PAUSE
-    local args=() i
-    for i in $(seq 1 25); do args+=(-o /dev/null "$3"); done
-    while [ ! -e "$2" ]; do
-        curl -s --max-time 10 -w '%{http_code}\n' "${args[@]}" >>"$1"
-        [ "$4" = 0 ] || sleep "$4"
-    done
-}
 zombies() { "$DOCKER" exec "$API" sh -c 'cat /proc/[0-9]*/stat 2>/dev/null' | sed 's/.*) //' | awk '$1 == "Z"' | wc -l; }
 workers() { "$DOCKER" exec "$API" sh -c 'cat /proc/[0-9]*/stat 2>/dev/null' | sed 's/.*) //' | awk '$2 == 1' | wc -l; }
 sleep 2 # let the burst's bucket refill
@@ -385,13 +199,7 @@ for i in 1 2 3 4; do
     load_loop "$TMP/load-$i.txt" "$STOP" "$EDGE/healthz" 0 &
     LOAD_PIDS="$LOAD_PIDS $!"
 done
-item_url=$EDGE/api/items/$ITEM_ID
-(
-    while [ ! -e "$STOP" ]; do
-        curl -s --max-time 10 -o /dev/null -w '%{http_code}\n' "$item_url" >>"$TMP/load-api.txt"
-        sleep 0.25
-    done
-) &
+load_single "$TMP/load-api.txt" "$STOP" "$EDGE/api/items/$ITEM_ID" 0.25 &
 LOAD_PIDS="$LOAD_PIDS $!"
 sleep 3
 hup_since=$(date +%s)
@@ -405,8 +213,7 @@ sleep 4
 touch "$STOP"
 wait $LOAD_PIDS 2>/dev/null
 LOAD_PIDS=
-total=$(cat "$TMP"/load-*.txt | wc -l)
-bad=$(cat "$TMP"/load-*.txt | grep -vc '^200$')
+read -r bad total < <(load_summary "$TMP"/load-*.txt)
 check "4. SIGHUP to the api under load: reload completed" test -n "$reloaded"
 check "4. SIGHUP to the api under load: 0 failed requests through the edge ($bad of $total not 200)" \
     test "$total" -gt 100 -a "$bad" -eq 0
