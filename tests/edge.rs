@@ -289,6 +289,29 @@ fn an_upstream_that_never_answers_is_a_json_504() {
     assert!(started.elapsed() < Duration::from_secs(10), "the read timeout applied: {:?}", started.elapsed());
 }
 
+// One client address with more requests in progress than EDGE_CONN_PER_CLIENT gets 429 in the contract.
+#[test]
+fn requests_in_progress_per_client_are_limited() {
+    let blackhole = Blackhole::new();
+    let options = unlimited().var("EDGE_CONN_PER_CLIENT", "2").var("EDGE_PROXY_READ_TIMEOUT", "10s");
+    let edge = Nginx::start(&format!("127.0.0.1:{}", blackhole.port()), options);
+    // Two requests held by an upstream that never answers.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|i| {
+            let mut stream = TcpStream::connect(edge.addr()).unwrap();
+            write!(stream, "GET /api/items HTTP/1.1\r\nHost: x\r\nX-Request-ID: held-{i}\r\n\r\n").unwrap();
+            stream
+        })
+        .collect();
+    wait_for(Duration::from_secs(5), "both held requests at the upstream", || {
+        (blackhole.accepted() >= 2).then_some(())
+    });
+    let resp = get_with(&base(edge.addr()), "/api/items", &[("X-Request-ID", "third-1")]);
+    assert_edge_error(&resp, 429, "rate_limited", "a 429");
+    assert_eq!(resp.json()["request_id"], "third-1");
+    drop(held);
+}
+
 // Acceptance 3 (TLS): the TLS variant sends HSTS on every response, errors included; plain HTTP never does.
 #[test]
 fn the_tls_variant_sends_hsts() {

@@ -349,6 +349,7 @@ pub fn free_port() -> u16 {
 pub struct Blackhole {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -358,6 +359,8 @@ impl Blackhole {
         let addr = listener.local_addr().expect("blackhole address");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
         let thread = std::thread::spawn(move || {
             let mut held = Vec::new();
             for stream in listener.incoming() {
@@ -367,14 +370,20 @@ impl Blackhole {
                 // Read nothing, answer nothing; keep the connection open until dropped.
                 if let Ok(stream) = stream {
                     held.push(stream);
+                    count.fetch_add(1, Ordering::SeqCst);
                 }
             }
         });
-        Blackhole { addr, stop, thread: Some(thread) }
+        Blackhole { addr, stop, accepted, thread: Some(thread) }
     }
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// A database URL pointing at the blackhole.
