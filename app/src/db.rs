@@ -1,17 +1,36 @@
 //! The per-worker PostgreSQL pool (deadpool-postgres), built lazily: creating it opens no connection, so a
 //! worker boots while the database is down and connects on first use.
 //!
+//! Handlers use a connection through [`Conn`], which knows whether a statement is in flight. A request whose
+//! future is dropped mid-statement (its deadline passed, its client went away, it panicked) would otherwise
+//! leave the statement running on the server and hand the busy connection to the next request: instead the
+//! statement is cancelled on the server (a cancel request, like psql's Ctrl-C) and the connection leaves the
+//! pool for good.
+//!
 //! Passwords: `tokio_postgres::Config`'s `Debug` redacts the password, and its errors (connect, auth, query)
 //! never contain it. Nothing here formats the connection string itself.
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{
+    ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{CancelToken, NoTls, Row};
+use tracing::Instrument;
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
 use crate::error::ApiError;
 
 /// `application_name` of pooled connections, unless the URL sets one (visible in `pg_stat_activity`).
 const APPLICATION_NAME: &str = "app";
+
+/// `Retry-After` of a 503 for want of a connection, in seconds: a pooled connection is usually free again
+/// within a request's time, and a database that restarts is back within seconds.
+const RETRY_AFTER_SECS: u64 = 1;
 
 /// Parses the URL and applies the `[database]` settings the URL does not set itself.
 pub(crate) fn pg_config(
@@ -49,16 +68,26 @@ pub(crate) fn error_text(e: &dyn std::error::Error) -> String {
 #[derive(Clone)]
 pub(crate) struct Db {
     pool: Option<Pool>,
+    /// How long a cancel request may take (it opens a connection of its own).
+    cancel_timeout: Duration,
 }
 
-/// Why no connection could be had.
+/// Why no connection could be had, or what went wrong on one.
 #[derive(Debug)]
 pub(crate) enum DbError {
     NotConfigured,
-    /// The pool could not hand out a connection (timeout, connect or authentication failure).
+    /// The pool could not hand out a connection (every one busy for `wait_timeout`, or a connect or
+    /// authentication failure).
     Unavailable(PoolError),
     /// A statement failed on a live connection.
     Query(tokio_postgres::Error),
+}
+
+impl DbError {
+    /// Whether the connection is gone (the server closed it or could not be reached).
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(self, DbError::Query(e) if e.is_closed())
+    }
 }
 
 impl std::fmt::Display for DbError {
@@ -78,17 +107,42 @@ impl From<tokio_postgres::Error> for DbError {
 }
 
 impl From<DbError> for ApiError {
-    /// Logs the cause (inside the request span, so with the request id) and answers without it: 503 when the
-    /// database cannot be reached, 500 for anything else.
+    /// Logs the cause (inside the request span, so with the request id) and answers without it: 503 with
+    /// `Retry-After` when no connection could be had, 504 when the server cancelled the statement for one
+    /// of its time limits, 500 for anything else.
     fn from(e: DbError) -> Self {
+        let code = match &e {
+            DbError::Query(q) if !q.is_closed() => q.code(),
+            _ => None,
+        };
         match &e {
-            DbError::Query(q) if !q.is_closed() => {
-                tracing::error!(error = %e, "database query failed");
-                ApiError::internal()
-            }
-            _ => {
+            DbError::NotConfigured => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::not_ready("the database is unavailable")
+            }
+            DbError::Unavailable(PoolError::Timeout(TimeoutType::Wait)) => {
+                tracing::warn!(error = %e, "no free database connection");
+                ApiError::not_ready("no database connection is free; retry shortly").with_retry_after(RETRY_AFTER_SECS)
+            }
+            DbError::Unavailable(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::not_ready("the database is unavailable").with_retry_after(RETRY_AFTER_SECS)
+            }
+            DbError::Query(q) if q.is_closed() => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::not_ready("the database is unavailable").with_retry_after(RETRY_AFTER_SECS)
+            }
+            DbError::Query(_) if code == Some(&SqlState::QUERY_CANCELED) => {
+                tracing::warn!(error = %e, "statement cancelled by the database (statement_timeout)");
+                ApiError::timeout()
+            }
+            DbError::Query(_) if code == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                tracing::warn!(error = %e, "statement gave up waiting for a lock (lock_timeout)");
+                ApiError::timeout()
+            }
+            DbError::Query(_) => {
+                tracing::error!(error = %e, "database query failed");
+                ApiError::internal()
             }
         }
     }
@@ -103,8 +157,9 @@ impl From<tokio_postgres::Error> for ApiError {
 impl Db {
     /// Builds the pool without connecting. Must run inside the worker's tokio runtime.
     pub(crate) fn new(db: &DatabaseConfig) -> Result<Db, String> {
+        let cancel_timeout = db.connect_timeout + db.create_timeout;
         let Some(url) = &db.url else {
-            return Ok(Db { pool: None });
+            return Ok(Db { pool: None, cancel_timeout });
         };
         let pg =
             pg_config(url, db, APPLICATION_NAME).map_err(|e| format!("invalid database.url: {}", error_text(&e)))?;
@@ -117,13 +172,19 @@ impl Db {
             .recycle_timeout(Some(db.create_timeout))
             .build()
             .map_err(|e| format!("cannot build the database pool: {e}"))?;
-        Ok(Db { pool: Some(pool) })
+        Ok(Db { pool: Some(pool), cancel_timeout })
     }
 
     /// A pooled connection, within the pool's wait and create timeouts.
-    pub(crate) async fn get(&self) -> Result<Object, DbError> {
+    pub(crate) async fn get(&self) -> Result<Conn, DbError> {
         let pool = self.pool.as_ref().ok_or(DbError::NotConfigured)?;
-        pool.get().await.map_err(DbError::Unavailable)
+        let client = pool.get().await.map_err(DbError::Unavailable)?;
+        Ok(Conn {
+            cancel: client.cancel_token(),
+            client: Some(client),
+            busy: AtomicBool::new(false),
+            cancel_timeout: self.cancel_timeout,
+        })
     }
 
     /// The pool's size and waiters, if a pool exists.
@@ -135,10 +196,100 @@ impl Db {
     pub(crate) fn configured(&self) -> bool {
         self.pool.is_some()
     }
+}
 
-    /// Removes a connection from the pool for good, e.g. after a statement on it was abandoned at a deadline
-    /// and its state is unknown.
-    pub(crate) fn discard(client: Object) {
-        drop(Object::take(client));
+/// A pooled connection lent to one request. Statements run through [`Conn::run`] (or the helpers built on
+/// it); if the future running one is dropped before it finished, dropping the `Conn` cancels the statement on
+/// the server and removes the connection from the pool. Otherwise the connection goes back to the pool.
+pub(crate) struct Conn {
+    /// Always `Some` until drop.
+    client: Option<Object>,
+    cancel: CancelToken,
+    /// Set while a statement is in flight. Still set at drop: its future was dropped before it finished.
+    busy: AtomicBool,
+    cancel_timeout: Duration,
+}
+
+impl Conn {
+    fn client(&self) -> &ClientWrapper {
+        self.client.as_ref().expect("the client is only taken on drop")
+    }
+
+    /// Runs `work`, one or more statements, as one unit: the connection counts as busy from the start of
+    /// `work` until it completes (successfully or not).
+    pub(crate) async fn run<'c, T, F>(&'c self, work: impl FnOnce(&'c ClientWrapper) -> F) -> Result<T, DbError>
+    where
+        F: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        self.busy.store(true, Ordering::Release);
+        let result = work(self.client()).await;
+        self.busy.store(false, Ordering::Release);
+        result.map_err(DbError::Query)
+    }
+
+    /// Prepares `sql` once per connection, then runs it and returns every row.
+    pub(crate) async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
+        self.run(|c| async move {
+            let statement = c.prepare_cached(sql).await?;
+            c.query(&statement, params).await
+        })
+        .await
+    }
+
+    /// Like [`Conn::query`], for at most one row.
+    pub(crate) async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, DbError> {
+        self.run(|c| async move {
+            let statement = c.prepare_cached(sql).await?;
+            c.query_opt(&statement, params).await
+        })
+        .await
+    }
+
+    /// Like [`Conn::query`], for exactly one row.
+    pub(crate) async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, DbError> {
+        self.run(|c| async move {
+            let statement = c.prepare_cached(sql).await?;
+            c.query_one(&statement, params).await
+        })
+        .await
+    }
+
+    /// Like [`Conn::query`], returning the number of rows affected.
+    pub(crate) async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
+        self.run(|c| async move {
+            let statement = c.prepare_cached(sql).await?;
+            c.execute(&statement, params).await
+        })
+        .await
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !*self.busy.get_mut() {
+            return; // Idle: back to the pool.
+        }
+        let Some(client) = self.client.take() else { return };
+        // Out of the pool for good: the pool may open another connection in its place at once.
+        let client = Object::take(client);
+        tracing::warn!("statement abandoned in flight: cancelling it on the server, connection discarded");
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // No runtime to send the cancel from: closing the connection is all that is left.
+        };
+        let cancel = self.cancel.clone();
+        let deadline = self.cancel_timeout;
+        let cancelling = async move {
+            match tokio::time::timeout(deadline, cancel.cancel_query(NoTls)).await {
+                Ok(Ok(())) => tracing::debug!("statement cancelled"),
+                Ok(Err(e)) => tracing::warn!(error = %error_text(&e), "cannot cancel the abandoned statement"),
+                Err(_) => tracing::warn!(
+                    timeout_ms = deadline.as_millis() as u64,
+                    "cannot cancel the abandoned statement: no answer in time"
+                ),
+            }
+            // The server has received the cancel (or cannot be reached): closing the session now ends it.
+            drop(client);
+        };
+        runtime.spawn(cancelling.instrument(tracing::Span::current()));
     }
 }
