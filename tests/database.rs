@@ -1,5 +1,5 @@
-//! The app's database statements through the real binary and a real PostgreSQL: a real `LOCK TABLE` held by
-//! another session, requests that give up on their statements, and what `pg_stat_activity` shows afterwards.
+//! The app's database time limits through the real binary and a real PostgreSQL: a real `LOCK TABLE` held by
+//! another session, statements that outlive their limits, and what `pg_stat_activity` shows afterwards.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::app_checks::{assert_error, check_readyz_ready};
-use common::http_client::{HttpResponse, get};
+use common::http_client::{HttpResponse, get, get_with};
 use common::pg::PgServer;
 use common::*;
 
@@ -112,14 +112,56 @@ fn get_in_background(base: &str, path: &str) -> std::thread::JoinHandle<(HttpRes
     })
 }
 
-// One worker, a pool of two, a 2 s deadline, and a table locked for 8 s by another session: the request
-// deadline ends the wait. The statements are cancelled on the server, their connections discarded (their
-// backends exit), the request that found no free connection got 503 with Retry-After within wait_timeout, and
-// the next request after the lock is served on a fresh connection.
+// The scenario as a new user meets it: one worker, a pool of two, a 2 s deadline, and a table locked for 8 s by
+// another session. The defaults of statement_timeout and lock_timeout follow the short deadline (1 s, 0.5 s),
+// so PostgreSQL gives up on the lock itself, every request is answered within its deadline, nothing of the
+// app is left waiting, and the connections stay usable.
+#[test]
+fn a_locked_table_answers_within_the_deadline_and_leaves_nothing_waiting() {
+    let pg = migrated();
+    let server = serve(&pg, &[("WEB_CONCURRENCY", "1"), ("DATABASE_POOL_SIZE", "2"), ("APP_REQUEST_TIMEOUT", "2")]);
+    let base = base(&server);
+    check_readyz_ready(&base);
+    let mut locker = Locker::hold(&pg, "items", 8);
+
+    let requests: Vec<_> = (0..3).map(|_| get_in_background(&base, "/api/items")).collect();
+    let mut last = Instant::now();
+    for request in requests {
+        let (response, took) = request.join().unwrap();
+        last = Instant::now();
+        // Within the deadline (2 s) and the time to write the answer.
+        assert!(took < Duration::from_millis(2500), "answered after {took:?}");
+        match response.status {
+            503 => assert_error(&response, 503, "not_ready"),
+            _ => assert_error(&response, 504, "timeout"),
+        };
+    }
+    std::thread::sleep((last + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
+    assert_eq!(waiting_on_a_lock(&pg), BTreeSet::new(), "1 s after the last answer, no app query waits on the lock");
+    assert!(server.stdout.all().iter().any(|l| l.contains("statement gave up waiting for a lock (lock_timeout)")));
+
+    locker.release();
+    let response = get(&base, "/api/items");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(app_backends(&pg, "state <> 'idle'").is_empty(), "every app connection is idle, none in a transaction");
+}
+
+// The same lock with the server-side limits off (0): now the request deadline is what ends the wait. The
+// statements are cancelled on the server, their connections discarded (their backends exit), the request that
+// found no free connection got 503 with Retry-After within wait_timeout, and the next request after the lock
+// is served on a fresh connection.
 #[test]
 fn a_deadline_cancels_the_statement_on_the_server_and_discards_the_connection() {
     let pg = migrated();
-    let server = serve(&pg, &[("DATABASE_POOL_SIZE", "2"), ("APP_REQUEST_TIMEOUT", "2")]);
+    let server = serve(
+        &pg,
+        &[
+            ("DATABASE_POOL_SIZE", "2"),
+            ("APP_REQUEST_TIMEOUT", "2"),
+            ("DATABASE_STATEMENT_TIMEOUT", "0"),
+            ("DATABASE_LOCK_TIMEOUT", "0"),
+        ],
+    );
     let base = base(&server);
     let mut locker = Locker::hold(&pg, "items", 8);
 
@@ -155,12 +197,49 @@ fn a_deadline_cancels_the_statement_on_the_server_and_discards_the_connection() 
     assert!(!serving.is_empty() && waiting.is_disjoint(&serving), "served on a fresh connection: {serving:?}");
 }
 
+// A statement longer than statement_timeout is cancelled by PostgreSQL itself: the request is answered 504
+// `timeout` before its deadline, the connection stays in the pool, and the worker serves the next request.
+#[test]
+fn a_statement_over_statement_timeout_is_cancelled_by_the_server() {
+    let pg = migrated();
+    let server = serve(
+        &pg,
+        &[("APP_REQUEST_TIMEOUT", "5"), ("DATABASE_STATEMENT_TIMEOUT", "1"), ("DATABASE_LOCK_TIMEOUT", "0")],
+    );
+    let base = base(&server);
+    let mut locker = Locker::hold(&pg, "items", 8);
+
+    let request = get_in_background(&base, "/api/items");
+    let waiting = wait_for(Duration::from_secs(2), "the statement waiting", || {
+        Some(waiting_on_a_lock(&pg)).filter(|w| w.len() == 1)
+    });
+    let (response, took) = request.join().unwrap();
+    let body = assert_error(&response, 504, "timeout");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}, not at the 5 s deadline");
+    let id = body["request_id"].as_str().unwrap().to_owned();
+    server.wait_log(Duration::from_secs(2), "the cause logged with the request id", |l| {
+        field(l, "request_id") == id && field(l, "msg") == "statement cancelled by the database (statement_timeout)"
+    });
+    assert!(pg.log().contains("canceling statement due to statement timeout"), "PostgreSQL cancelled it");
+    // The server ended the statement, not the session: the same connection is idle in the pool.
+    assert_eq!(app_backends(&pg, "state = 'idle'"), waiting);
+
+    locker.release();
+    let worker = server.pid_of_request(&id);
+    let response = get_with(&base, "/api/items", &[("X-Request-ID", "after-statement-timeout")]);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(server.pid_of_request("after-statement-timeout"), worker, "the same worker serves on");
+}
+
 // A client that closes its connection mid-query: the worker drops the request, and with it the statement is
 // cancelled on the server and its connection discarded, long before any time limit.
 #[test]
 fn a_client_that_goes_away_mid_query_cancels_it() {
     let pg = migrated();
-    let server = serve(&pg, &[("APP_REQUEST_TIMEOUT", "30")]);
+    let server = serve(
+        &pg,
+        &[("APP_REQUEST_TIMEOUT", "30"), ("DATABASE_STATEMENT_TIMEOUT", "0"), ("DATABASE_LOCK_TIMEOUT", "0")],
+    );
     let _locker = Locker::hold(&pg, "items", 20);
 
     let mut stream = TcpStream::connect(server.addr()).unwrap();
@@ -177,12 +256,12 @@ fn a_client_that_goes_away_mid_query_cancels_it() {
     });
 }
 
-// /readyz behind a locked migration history: the probe answers within its own deadline, and the check it gave
-// up on does not stay behind waiting on the lock.
+// /readyz behind a locked migration history, with the server-side limits off: the probe answers within its own
+// deadline, and the check it gave up on does not stay behind waiting on the lock.
 #[test]
 fn a_readiness_check_past_its_deadline_cancels_its_statement() {
     let pg = migrated();
-    let server = serve(&pg, &[]);
+    let server = serve(&pg, &[("DATABASE_STATEMENT_TIMEOUT", "0"), ("DATABASE_LOCK_TIMEOUT", "0")]);
     let base = base(&server);
     check_readyz_ready(&base);
     let _locker = Locker::hold(&pg, "refinery_schema_history", 10);

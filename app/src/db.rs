@@ -1,6 +1,11 @@
 //! The per-worker PostgreSQL pool (deadpool-postgres), built lazily: creating it opens no connection, so a
 //! worker boots while the database is down and connects on first use.
 //!
+//! Every pooled connection carries the `[database]` time limits as session settings (`statement_timeout`,
+//! `lock_timeout`, `idle_in_transaction_session_timeout`), sent in the startup packet's `options`, so they hold
+//! from its first statement at no extra round trip. The migration connection does not: a migration may take
+//! long, and waiting for the advisory lock is its purpose.
+//!
 //! Handlers use a connection through [`Conn`], which knows whether a statement is in flight. A request whose
 //! future is dropped mid-statement (its deadline passed, its client went away, it panicked) would otherwise
 //! leave the statement running on the server and hand the busy connection to the next request: instead the
@@ -46,6 +51,23 @@ pub(crate) fn pg_config(
         pg.application_name(application_name);
     }
     Ok(pg)
+}
+
+/// The session settings of a pooled connection, as `options` of the startup packet. Options the URL sets
+/// itself come after these, so that a URL's own `-c statement_timeout=...` wins.
+fn session_options(db: &DatabaseConfig, url_options: Option<&str>) -> String {
+    let millis = |d: Duration| d.as_millis();
+    let mut options = format!(
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+        millis(db.statement_timeout),
+        millis(db.lock_timeout),
+        millis(db.idle_in_transaction_session_timeout)
+    );
+    if let Some(more) = url_options.filter(|o| !o.trim().is_empty()) {
+        options.push(' ');
+        options.push_str(more);
+    }
+    options
 }
 
 /// An error's text including its causes: tokio-postgres puts the useful part ("connection refused",
@@ -161,8 +183,10 @@ impl Db {
         let Some(url) = &db.url else {
             return Ok(Db { pool: None, cancel_timeout });
         };
-        let pg =
+        let mut pg =
             pg_config(url, db, APPLICATION_NAME).map_err(|e| format!("invalid database.url: {}", error_text(&e)))?;
+        let options = session_options(db, pg.get_options());
+        pg.options(options);
         let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(db.pool_size)
@@ -291,5 +315,62 @@ impl Drop for Conn {
             drop(client);
         };
         runtime.spawn(cancelling.instrument(tracing::Span::current()));
+    }
+}
+
+/// The throwaway PostgreSQL of the workspace's tests.
+#[cfg(test)]
+#[path = "../../tests/common/pg.rs"]
+mod pg;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every pooled connection runs with the configured limits, and the server holds them to them.
+    #[tokio::test]
+    async fn pooled_connections_carry_the_time_limits() {
+        let server = pg::PgServer::new();
+        let db = Db::new(&DatabaseConfig {
+            url: Some(server.url().into()),
+            statement_timeout: Duration::from_millis(1500),
+            lock_timeout: Duration::from_millis(250),
+            idle_in_transaction_session_timeout: Duration::from_millis(200),
+            ..DatabaseConfig::default()
+        })
+        .unwrap();
+        let conn = db.get().await.unwrap();
+        let show = |name: &'static str| {
+            let conn = &conn;
+            async move { conn.query_one(&format!("SHOW {name}"), &[]).await.unwrap().get::<_, String>(0) }
+        };
+        assert_eq!(show("statement_timeout").await, "1500ms");
+        assert_eq!(show("lock_timeout").await, "250ms");
+        assert_eq!(show("idle_in_transaction_session_timeout").await, "200ms");
+        assert_eq!(show("application_name").await, APPLICATION_NAME);
+
+        // A session left idle inside a transaction is ended by the server.
+        conn.run(|c| c.batch_execute("BEGIN")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let err = conn.query_one("SELECT 1", &[]).await.unwrap_err();
+        assert!(err.is_closed(), "{err:?}");
+    }
+
+    #[test]
+    fn session_options_carry_the_timeouts_and_let_the_url_win() {
+        let db = DatabaseConfig {
+            statement_timeout: Duration::from_millis(1500),
+            lock_timeout: Duration::ZERO,
+            idle_in_transaction_session_timeout: Duration::from_secs(60),
+            ..DatabaseConfig::default()
+        };
+        assert_eq!(
+            session_options(&db, None),
+            "-c statement_timeout=1500 -c lock_timeout=0 -c idle_in_transaction_session_timeout=60000"
+        );
+        let url: DatabaseUrl = "postgres://u@h/db?options=-c%20statement_timeout%3D9000".into();
+        let pg = pg_config(&url, &db, "x").unwrap();
+        let options = session_options(&db, pg.get_options());
+        assert!(options.ends_with(" -c statement_timeout=9000"), "{options}");
     }
 }
