@@ -13,10 +13,12 @@
 #      --build-arg SUPERVISOR_BINARY=prebuilt (crates cannot be fetched inside the engine here).
 #   4. The stack from compose/prod.yml (+ standin.override.yml, which only drops nginx 1.27's `resolve`), then
 #      the acceptance checks of the deployment: startup within 2 minutes; edge routes, /readyz internal only,
-#      items, 429 in the contract shape; non-root and compiler-free image; zero failed requests through the
-#      edge while the api reloads on SIGHUP (and no zombie left behind by PID 1); ops backup, retention, and a
-#      restore into a fresh database with the same rows; `stop api` with a slow request in flight (request
-#      completes, exit 0 within stop_grace_period; debug-api.override.yml enables the test-only slow route).
+#      items, 429 in the contract shape; the database roles (the api connects as the app role, which cannot
+#      create tables or run programs; the superuser has no network login); non-root and compiler-free image; zero
+#      failed requests through the edge while the api reloads on SIGHUP (and no zombie left behind by PID 1); ops
+#      backup, retention, and a restore into a fresh database with the same rows; `stop api` with a slow request
+#      in flight (request completes, exit 0 within stop_grace_period; debug-api.override.yml enables the
+#      test-only slow route).
 #   5. Cleanup, also on failure or interruption: compose down -v, temporary files, the copied binary, the smoke
 #      image, and dockerd if this script started it. Stand-in images stay (cache).
 #
@@ -97,8 +99,8 @@ EDGE_PORT=$(free_port)
 SMOKE_API_PORT=$(free_port)
 EDGE=http://127.0.0.1:$EDGE_PORT
 mkdir -p "$TMP/backups"
-write_db_password "$TMP/db_password"
-export COMPOSE_PROJECT_NAME=$PROJECT API_IMAGE DB_PASSWORD_FILE=$TMP/db_password BACKUP_DIR=$TMP/backups \
+write_db_passwords "$TMP"
+export COMPOSE_PROJECT_NAME=$PROJECT API_IMAGE BACKUP_DIR=$TMP/backups \
     EDGE_HTTP_BIND=127.0.0.1 EDGE_HTTP_PORT=$EDGE_PORT SMOKE_API_PORT
 
 # Leftovers of an interrupted earlier run.
@@ -186,6 +188,46 @@ no_compiler() {
         [ -z "$found" ] || { echo "found $found"; exit 1; }'
 }
 check "6. the image has no compiler (cc, gcc, clang, rustc, cargo, ld, cc1)" no_compiler
+
+# ---------------------------------------------------------------------------------- 8. the database roles
+# As the api connects: over the network, as the app role, with its password from the secret.
+as_app() {
+    CT=20 compose exec -T db sh -c 'PGPASSWORD=$(cat /run/secrets/db_app_password) exec psql -h db \
+        -U "$DB_APP_USER" -d "$POSTGRES_DB" -XAtq -v ON_ERROR_STOP=1 -c "$1"' sh "$1" 2>&1
+}
+# as_app_refused SQL WHY: the statement fails, for that reason.
+as_app_refused() {
+    local out
+    out=$(as_app "$1") && return 1
+    printf '%s\n' "$out" | grep -q -- "$2" || { printf '    %s\n' "$out"; return 1; }
+}
+api_users=$(CT=20 compose exec -T db psql -U postgres -d app -XAtc \
+    "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity WHERE application_name = 'app'")
+check "8. the api connects as the app role (pg_stat_activity: $api_users)" test "$api_users" = app_api
+app_role=$(as_app "SELECT concat_ws(' ', rolsuper::text, rolcreaterole::text, rolcreatedb::text,
+    (SELECT count(*) FROM pg_auth_members WHERE member = r.oid)) FROM pg_roles r WHERE rolname = current_user")
+check "8. the app role: rolsuper false, no role or database creation, member of no role ($app_role)" \
+    test "$app_role" = "false false false 0"
+check "8. the app role: CREATE TABLE fails" as_app_refused "CREATE TABLE smoke_t (x int)" "permission denied for schema public"
+check "8. the app role: COPY ... TO PROGRAM fails" as_app_refused "COPY (SELECT 1) TO PROGRAM 'id'" pg_execute_server_program
+check "8. the app role: the migration history is read-only" \
+    as_app_refused "DELETE FROM refinery_schema_history" "permission denied for table refinery_schema_history"
+# The superuser was given the owner's password to initialise the volume; roles.sh removed it.
+superuser_refused() {
+    CT=20 compose exec -T db sh -c 'PGPASSWORD=$(cat /run/secrets/db_owner_password) exec psql -h db \
+        -U "$POSTGRES_USER" -d "$POSTGRES_DB" -XAtc "SELECT 1"' >"$TMP/superuser.log" 2>&1 && return 1
+    grep -q 'password authentication failed' "$TMP/superuser.log"
+}
+check "8. the superuser cannot log in over the network" superuser_refused
+check "8. migrate, as the owner, applied the migrations" logs_have "$(container migrate)" 'applied V1__items'
+delete_item() {
+    local id
+    id=$(curl -s --max-time 5 -X POST -H 'Content-Type: application/json' -d '{"name":"to delete","quantity":1}' \
+        "$EDGE/api/items" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') &&
+        [ "$(http_code -X DELETE "$EDGE/api/items/$id")" = 204 ] && [ "$(http_code "$EDGE/api/items/$id")" = 404 ] &&
+        [ "$(http_code "$EDGE/api/items?limit=5")" = 200 ]
+}
+check "8. items CRUD as the app role: create, delete, list through the edge" delete_item
 
 # ---------------------------------------------------------------------- 4. SIGHUP reload under load
 # Load through the edge: four keep-alive loops on /healthz (not rate limited) and one on an item under the
