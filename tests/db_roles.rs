@@ -1,13 +1,15 @@
-//! The deployments' database roles (`conf/postgres/roles.sh`) against a real PostgreSQL, with the real binary
-//! migrating as the owner and serving as the app role.
+//! The deployments' database roles (`conf/postgres/roles.sh`) and backup script (`compose/backup/pg-backup.sh`)
+//! against a real PostgreSQL, with the real binary migrating as the owner and serving as the app role.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::app_checks::{check_items_crud, check_readyz_ready};
+use common::app_checks::{check_items_crud, check_readyz_ready, create_item};
 use common::http_client::get;
 use common::pg::{PgOptions, PgServer};
 use common::*;
@@ -254,4 +256,98 @@ fn a_single_role_database_is_upgraded_in_place() {
     let kept = get(&base, "/api/items/00000000-0000-7000-8000-0000000000aa");
     assert_eq!(kept.status, 200, "{}", kept.text());
     check_items_crud(&base);
+}
+
+/// Runs compose/backup/pg-backup.sh as the backup service does (as the owner), with dumps in `dir`.
+fn pg_backup(pg: &PgServer, secrets: &Secrets, dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("sh")
+        .arg(root().join("compose/backup/pg-backup.sh"))
+        .args(args)
+        .env("PATH", path_with_pg())
+        .env("BACKUP_PATH", dir)
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", pg.port().to_string())
+        .env("PGUSER", "app")
+        .env("PGDATABASE", "app")
+        .env("PGPASSWORD_SECRET", secrets.file("owner"))
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains(OWNER_PASSWORD), "pg-backup printed the password: {text}");
+    (out.status.success(), text)
+}
+
+fn count_items(pg: &PgServer) -> String {
+    psql_as(pg, "app", OWNER_PASSWORD, "SELECT count(*) FROM items").1
+}
+
+// Backups as the owner in the two-role layout: the dump is private (0600) and restorable into a new database;
+// a restore in place is refused while the api is connected (saying how to stop it), done with --force, and
+// done once the api is stopped; after the documented migrate step the api serves again with its privileges.
+#[test]
+fn backups_are_private_and_restore_in_place_waits_for_the_api() {
+    let (pg, secrets) = two_roles();
+    let server = serve_as_app(&pg);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    for i in 0..3 {
+        create_item(&base, &format!("backup {i}"), i);
+    }
+    let dumps = TempDir::new("dumps");
+    let (ok, text) = pg_backup(&pg, &secrets, dumps.path(), &["backup"]);
+    assert!(ok, "{text}");
+    let dump: Vec<PathBuf> = std::fs::read_dir(dumps.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dump.len(), 1, "{dump:?}");
+    let mode = std::fs::metadata(&dump[0]).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the dump is readable by its owner only");
+    let name = dump[0].file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with("app-") && name.ends_with(".dump"), "{name}");
+
+    let (ok, text) = pg_backup(&pg, &secrets, dumps.path(), &["restore", &name, "app_restore"]);
+    assert!(ok, "restore into a new database, as the owner: {text}");
+    let restored = psql_in(&pg, "app_restore", "app", OWNER_PASSWORD, "SELECT count(*) FROM items");
+    assert_eq!(restored, (true, count_items(&pg)), "the new database has the rows of the dump");
+    create_item(&base, "after the dump", 9);
+    let before = count_items(&pg);
+
+    // The api holds its pooled connections: refused, and the database is untouched.
+    let (ok, text) = pg_backup(&pg, &secrets, dumps.path(), &["restore-in-place", &name]);
+    assert!(!ok, "restore-in-place with the api connected must be refused: {text}");
+    assert!(text.contains("refusing to restore in place") && text.contains("app_api/app"), "{text}");
+    assert!(text.contains("stop the api first: docker compose -f compose/prod.yml stop api"), "{text}");
+    assert_eq!(count_items(&pg), before);
+
+    let (ok, text) = pg_backup(&pg, &secrets, dumps.path(), &["restore-in-place", "--force", &name]);
+    assert!(ok && text.contains("warning: restoring with"), "--force restores anyway: {text}");
+    let dumped = (before.parse::<u32>().unwrap() - 1).to_string();
+    assert_eq!(count_items(&pg), dumped, "the rows of the dump");
+
+    // Stop the api, then the plain command restores.
+    drop(server);
+    wait_for(Duration::from_secs(5), "the api's sessions to end", || {
+        (pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_api'") == "0").then_some(())
+    });
+    create_item_as_owner(&pg);
+    let (ok, text) = pg_backup(&pg, &secrets, dumps.path(), &["restore-in-place", &name]);
+    assert!(ok, "with the api stopped: {text}");
+    assert_eq!(count_items(&pg), dumped);
+
+    // docs/backups.md: migrate, then start the api.
+    assert!(migrate(&url(&pg, "app", OWNER_PASSWORD, "app")).status.success());
+    assert_the_app_role_is_least_privileged(&pg);
+    let server = serve_as_app(&pg);
+    check_items_crud(&format!("http://127.0.0.1:{}", server.port));
+    let names: BTreeSet<String> =
+        psql_as(&pg, "app", OWNER_PASSWORD, "SELECT name FROM items").1.lines().map(String::from).collect();
+    assert!(names.contains("backup 0") && !names.contains("after the dump"), "{names:?}");
+}
+
+fn create_item_as_owner(pg: &PgServer) {
+    let (ok, text) = psql_as(
+        pg,
+        "app",
+        OWNER_PASSWORD,
+        "INSERT INTO items (id, name, quantity) VALUES ('00000000-0000-7000-8000-0000000000bb', 'lost', 1)",
+    );
+    assert!(ok, "{text}");
 }

@@ -16,9 +16,10 @@
 #      items, 429 in the contract shape; the database roles (the api connects as the app role, which cannot
 #      create tables or run programs; the superuser has no network login); non-root and compiler-free image; zero
 #      failed requests through the edge while the api reloads on SIGHUP (and no zombie left behind by PID 1); ops
-#      backup, retention, and a restore into a fresh database with the same rows; `stop api` with a slow request
-#      in flight (request completes, exit 0 within stop_grace_period; debug-api.override.yml enables the
-#      test-only slow route).
+#      backup (mode 0600), retention, and a restore into a fresh database with the same rows; restore-in-place
+#      refused while the api runs; `stop api` with a slow request in flight (request completes, exit 0 within
+#      stop_grace_period; debug-api.override.yml enables the test-only slow route); then restore-in-place with
+#      the api stopped, migrate, and the api serving again.
 #   5. Cleanup, also on failure or interruption: compose down -v, temporary files, the copied binary, the smoke
 #      image, and dockerd if this script started it. Stand-in images stay (cache).
 #
@@ -280,6 +281,8 @@ rc=$?
 dumps=$(cd "$TMP/backups" && ls -1 app-*.dump 2>/dev/null | grep -v '^app-20000101T000000Z.dump$')
 check "5. ops backup exits 0 and writes one timestamped dump ($dumps)" \
     test "$rc" -eq 0 -a "$(printf '%s\n' "$dumps" | grep -c '^app-[0-9]\{8\}T[0-9]\{6\}Z\.dump$')" -eq 1
+check "5. the dump is readable by its owner only (mode $(stat -c %a "$TMP/backups/$dumps" 2>/dev/null))" \
+    test "$(stat -c %a "$TMP/backups/$dumps" 2>/dev/null)" = 600
 check "5. the dump was verified with pg_restore -l" grep -q 'table of contents entries' "$TMP/backup.log"
 check "5. retention deleted the expired dump and kept the foreign file" \
     test ! -e "$TMP/backups/app-20000101T000000Z.dump" -a -e "$TMP/backups/keep-me.txt"
@@ -292,6 +295,15 @@ copy=$(rows app_restore)
 check "5. restore into a fresh database: same rows (${orig%% *} items)" \
     test "$rc" -eq 0 -a -n "$orig" -a "$orig" = "$copy" -a "${orig%% *}" -ge 6
 [ "$rc" -eq 0 ] || cat "$TMP/restore.log"
+CT=120 compose --profile ops run --rm backup restore-in-place "$dumps" >"$TMP/restore-live.log" 2>&1
+rc=$?
+refused() {
+    [ "$rc" -ne 0 ] && grep -q 'refusing to restore in place: [1-9][0-9]* other session(s) connected' "$TMP/restore-live.log" &&
+        grep -q 'stop the api first: docker compose -f compose/prod.yml stop api' "$TMP/restore-live.log"
+}
+check "9. restore-in-place with the api running: refused, with how to stop the api (exit $rc)" refused
+refused || cat "$TMP/restore-live.log"
+check "9. ... and the database is untouched" test "$(rows app)" = "$orig"
 
 # ---------------------------------------------------------------- 3. stop api with a slow request in flight
 # The api again, with the test-only slow route and a loopback port (debug-api.override.yml).
@@ -317,6 +329,29 @@ check "3. the api exits 0 ($state) within its stop_grace_period (${stop_s} s of 
     python3 -c "import sys; sys.exit(0 if '$state' == 'exited 0 false' and $stop_s < ${grace:-0} else 1)"
 check "3. the stop waited for the request (${stop_s} s >= 3 s) and the master logged a graceful stop" \
     eval 'python3 -c "import sys; sys.exit(0 if $stop_s >= 3 else 1)" && logs_have "$API" "\"graceful stop\""'
+
+# -------------------------------------------------------------------- 9. restore in place, the api stopped
+# The api is stopped (above). A row the dump does not have, then the documented sequence: restore-in-place,
+# migrate, start the api.
+CT=20 compose exec -T db psql -U app -d app -XAtqc \
+    "INSERT INTO items (id, name, quantity) VALUES ('00000000-0000-7000-8000-00000000beef', 'not in the dump', 1)"
+CT=120 compose --profile ops run --rm backup restore-in-place "$dumps" >"$TMP/restore-in-place.log" 2>&1
+rc=$?
+check "9. restore-in-place with the api stopped: exit $rc, the rows of the dump (${copy%% *} items)" \
+    test "$rc" -eq 0 -a "$(rows app)" = "$copy"
+[ "$rc" -eq 0 ] || cat "$TMP/restore-in-place.log"
+unset WITH_DEBUG_API
+CT=120 compose run --rm migrate >"$TMP/migrate-again.log" 2>&1
+rc=$?
+CT=120 compose up -d --no-build --no-deps api >"$TMP/up-again.log" 2>&1 || cat "$TMP/up-again.log"
+API=$(container api)
+for _ in $(seq 60); do [ "$(health "$API")" = healthy ] && break; sleep 1; done
+serves_again() {
+    readyz_inside && CT=20 compose exec -T api supervisor healthcheck "http://127.0.0.1:8000/api/items/$ITEM_ID"
+}
+check "9. then migrate (exit $rc) and up: the api is ready and serves the restored items" serves_again
+check "9. ... as the app role, the migration history read-only again" \
+    as_app_refused "DELETE FROM refinery_schema_history" "permission denied for table refinery_schema_history"
 
 # ------------------------------------------------------ 7. opt-in: the build and test stages, without network
 build_stages() {
