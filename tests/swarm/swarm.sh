@@ -13,10 +13,10 @@
 #   3. `docker stack deploy` of compose/stack.yml (+ standin.override.yml) from nothing, then the checks: the
 #      migration job completes before any api task is healthy; the edge serves; /readyz and /metrics are refused at
 #      the edge and answer inside; the api connects to the database as the app role; only the edge publishes a
-#      port, on loopback; scaling the api 2 -> 4 -> 2 under
-#      load (the edge reaches every new task); a rolling update to B under load (the job runs again, the old tasks
-#      drain and stop gracefully); an update to the broken image rolled back automatically under load; a killed
-#      api task replaced. Load is a bounded client loop through the edge; every answer must be 200.
+#      port, on loopback; scaling the api 2 -> 4 -> 2 under load (the edge reaches every new task); a rolling
+#      update to B under load (the job runs again, the old tasks drain and stop gracefully); an update to the
+#      broken image rolled back automatically under load; a killed api task replaced. Load is a bounded client
+#      loop through the edge; every answer must be 200.
 #   4. Cleanup, also on failure or interruption: stack rm, the volume, swarm leave, docker_gwbridge if it created it,
 #      its images, the temporary directory, and dockerd if it started it. Stand-ins stay (cache).
 #
