@@ -2,8 +2,6 @@
 //! Debian's nginx on loopback ports, in front of the real `supervisor` binary (and a real PostgreSQL where
 //! items are created). Each test covers one acceptance point of the edge; docs/edge.md describes the edge.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::app_checks::{
+use test_support::app_checks::{
     assert_error, check_items_crud, check_method_not_allowed, check_validation_errors, create_item,
 };
-use common::http_client::{HttpResponse, get, get_with, parse, send};
-use common::nginx::{EdgeOptions, Nginx, conf_dir, default_vars, referenced_vars, render, tls_exchange};
-use common::pg::{Blackhole, PgServer};
-use common::*;
+use test_support::http_client::{HttpResponse, get, get_with, parse, send};
+use test_support::nginx::{EdgeOptions, Nginx, conf_dir, default_vars, referenced_vars, render, tls_exchange};
+use test_support::pg::{Blackhole, PgServer};
+use test_support::*;
 
 /// The security headers every edge response carries (besides the CSP, checked per path).
 const FIXED_HEADERS: [(&str, &str); 3] = [
@@ -42,7 +40,7 @@ fn base(addr: SocketAddr) -> String {
 
 /// Runs `supervisor migrate` against `url`; panics with its output if it fails.
 fn migrate(url: &str) {
-    let output = Command::new(binary()).arg("migrate").env("DATABASE_URL", url).output().expect("running migrate");
+    let output = Command::new(binary!()).arg("migrate").env("DATABASE_URL", url).output().expect("running migrate");
     assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stdout));
 }
 
@@ -50,7 +48,7 @@ fn migrate(url: &str) {
 fn api(top: &str, database_url: Option<&str>) -> Server {
     let port = free_port();
     let env: Vec<(&str, &str)> = database_url.map(|u| ("DATABASE_URL", u)).into_iter().collect();
-    let server = Server::start_with(port, &config_with(port, top, ""), &env, &[]);
+    let server = Server::start_with(binary!(), port, &config_with(port, top, ""), &env, &[]);
     server.wait_workers_ready(2);
     server
 }
@@ -99,20 +97,6 @@ fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
     parse(&raw, false).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Established TCP connections whose remote port is `port` (the proxy's side of its upstream connections).
-fn established_to(port: u16) -> usize {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|t| t.lines().skip(1).map(String::from).collect::<Vec<_>>())
-        .filter(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            let remote = cols.get(2).and_then(|c| c.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
-            remote == Some(port) && cols.get(3) == Some(&"01")
-        })
-        .count()
 }
 
 // Acceptance 1: health, items create/get/delete, SPA deep links and caching, JSON 404 for missing assets.
@@ -480,7 +464,7 @@ fn all_vars() -> BTreeMap<String, String> {
 /// The shipped templates plus the TLS variant, in one directory (as a TLS deployment mounts them).
 fn all_templates(dir: &TempDir) -> std::path::PathBuf {
     let templates = dir.join("templates");
-    common::nginx::copy_tree(&conf_dir().join("templates"), &templates);
+    test_support::nginx::copy_tree(&conf_dir().join("templates"), &templates);
     std::fs::copy(conf_dir().join("tls/https.conf.template"), templates.join("https.conf.template")).unwrap();
     templates
 }
@@ -572,7 +556,7 @@ fn every_variable_has_a_default_and_documentation() {
     let read = |p: &str| std::fs::read_to_string(conf_dir().join(p)).unwrap();
     let dir = TempDir::new("knobs");
     let templates = dir.join("templates");
-    common::nginx::copy_tree(&conf_dir().join("templates"), &templates);
+    test_support::nginx::copy_tree(&conf_dir().join("templates"), &templates);
     let mut used: Vec<String> = ["edge.conf.template", "locations/site.conf.template"]
         .iter()
         .flat_map(|t| referenced_vars(&read(&format!("templates/{t}"))))

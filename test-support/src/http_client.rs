@@ -1,7 +1,6 @@
-//! A tiny blocking HTTP/1.1 client for tests: one request per connection (`Connection: close`), over std's
-//! `TcpStream`. Include with `#[path = "<relative>/tests/common/http_client.rs"] mod http_client;`; it uses
-//! std and serde_json only.
-#![allow(dead_code)]
+//! A tiny blocking HTTP/1.1 client for tests: one request per connection (`Connection: close`) to a base URL
+//! (`http://host:port`), over std's `TcpStream`; the responses are parsed whole (chunked bodies, HEAD). A
+//! connection the test keeps open is a [`crate::Conn`].
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};

@@ -8,18 +8,18 @@
 //!   the test's own temporary directory, and runs `nginx -p DIR -c DIR/conf/nginx.conf -g 'daemon off; ...'`.
 //!   Drop stops it by pid (SIGTERM, then SIGKILL of the master and its workers after a deadline).
 //! - The binary is `$NGINX_BIN` or `/usr/sbin/nginx`; a missing one is a panic that says what to install.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{TempDir, alive, children, free_port, signal, wait_for};
+use crate::process::{alive, children, signal};
+use crate::{POLL_INTERVAL, TempDir, free_port, poll, wait_for, workspace_root};
 
 /// Only variables with this prefix are substituted, like `NGINX_ENVSUBST_FILTER=^EDGE_` in the image.
 pub const PREFIX: &str = "EDGE_";
@@ -32,7 +32,7 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// `conf/nginx` in the source tree.
 pub fn conf_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conf/nginx")
+    workspace_root().join("conf/nginx")
 }
 
 /// The shipped defaults, `conf/nginx/edge.env` (`NAME=value` lines; `#` comments).
@@ -307,21 +307,20 @@ impl Nginx {
 
     fn wait_listening(&mut self) {
         let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
+        let up = poll(START_DEADLINE, POLL_INTERVAL, || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("polling nginx")) {
                 self.child = None;
                 panic!("nginx exited during startup ({status}):\n{}\n{}", self.stderr(), self.error_log());
             }
-            let up = ports.iter().all(|p| {
-                TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], *p)), Duration::from_millis(200)).is_ok()
-            });
-            if up {
-                return;
-            }
-            assert!(Instant::now() < deadline, "nginx did not listen within {START_DEADLINE:?}:\n{}", self.error_log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            ports
+                .iter()
+                .all(|p| {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], *p));
+                    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                })
+                .then_some(())
+        });
+        assert!(up.is_some(), "nginx did not listen within {START_DEADLINE:?}:\n{}", self.error_log());
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -368,14 +367,7 @@ impl Nginx {
         let Some(mut child) = self.child.take() else { return };
         let workers = children(self.pid);
         signal(self.pid, libc::SIGTERM);
-        let deadline = Instant::now() + STOP_DEADLINE;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if child.try_wait().ok().flatten().is_none() {
+        if poll(STOP_DEADLINE, POLL_INTERVAL, || child.try_wait().ok().flatten()).is_none() {
             signal(self.pid, libc::SIGKILL);
             let _ = child.wait();
         }
@@ -432,14 +424,10 @@ pub fn tls_exchange(addr: SocketAddr, request: &str) -> Vec<u8> {
         let _ = stdout.read_to_end(&mut out);
         out
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().expect("polling openssl").is_none() {
-        if Instant::now() > deadline {
-            signal(child.id() as i32, libc::SIGKILL);
-            let _ = child.wait();
-            panic!("openssl s_client did not finish within 15 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if poll(Duration::from_secs(15), POLL_INTERVAL, || child.try_wait().expect("polling openssl")).is_none() {
+        signal(child.id() as i32, libc::SIGKILL);
+        let _ = child.wait();
+        panic!("openssl s_client did not finish within 15 s");
     }
     reader.join().expect("reader thread")
 }
