@@ -39,7 +39,7 @@ fn socket_activation_and_notifications() {
     let config = config_with(configured, "", "");
     let notify_env = notify_path.display().to_string();
     let mut server = Server::launch(activated, &config, &[("NOTIFY_SOCKET", &notify_env)], |path| {
-        let mut cmd = Command::new("python3");
+        let mut cmd = Command::new(&provision::tools().python3);
         cmd.arg("-c").arg(&activator).arg(binary!()).arg("--config").arg(path);
         cmd
     });

@@ -4,7 +4,9 @@
 //!
 //! A dev-dependency of the other crates and nothing else: the server never links it. Real parts, no mocks:
 //! every process a helper starts is stopped by its pid when its handle is dropped, every port is picked free,
-//! and every wait polls against a deadline.
+//! and every wait polls against a deadline. The programs a test cannot build itself come from Debian packages;
+//! [`provision`] installs them once per run where it can (root, with apt-get) and otherwise stops the test
+//! with the command to run.
 //!
 //! - [`server`]: [`Server`] (the binary under test; [`binary!`] names it), its captured output ([`Lines`]),
 //!   test configurations; [`load`]: [`Load`], background clients.
@@ -22,6 +24,7 @@ pub mod load;
 pub mod nginx;
 pub mod pg;
 pub mod process;
+pub mod provision;
 pub mod server;
 
 use std::net::TcpListener;

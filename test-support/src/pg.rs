@@ -1,7 +1,8 @@
 //! A throwaway PostgreSQL server for tests, started from the local server binaries.
 //!
-//! - Binaries: `$PG_BIN`, else `/usr/lib/postgresql/15/bin`, else the newest `/usr/lib/postgresql/*/bin`.
-//!   Missing binaries are a panic that says what to install, never a skipped test.
+//! - Binaries: [`crate::provision`] finds them (`$PG_BIN`, else `/usr/lib/postgresql/15/bin`, else the newest
+//!   `/usr/lib/postgresql/*/bin`) or installs them; missing binaries stop the test with what to install,
+//!   never skip it.
 //! - PostgreSQL refuses to run as root, so when the tests run as root every server command runs as the
 //!   `postgres` user, in a temporary directory owned by it.
 //! - The server listens on 127.0.0.1 on a free port, with its unix socket in the temporary directory, and
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::process::{is_root, signal};
-use crate::{TempDir, free_port, poll};
+use crate::{TempDir, free_port, poll, provision};
 
 /// How long a server may take to accept connections after it was started.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -59,7 +60,7 @@ impl PgServer {
 
     /// A fresh cluster, started.
     pub fn with_options(options: PgOptions) -> PgServer {
-        let bin = find_bin_dir();
+        let bin = provision::tools().pg_bin.clone();
         let owner = if is_root() { Some(postgres_user()) } else { None };
         let dir = make_temp_dir(owner);
         let mut server = PgServer { bin, dir, port: free_port(), owner, child: None, options };
@@ -260,33 +261,6 @@ fn stop_child(child: &mut Child, sig: i32) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-fn find_bin_dir() -> PathBuf {
-    let candidates: Vec<PathBuf> = match std::env::var_os("PG_BIN") {
-        Some(dir) => vec![PathBuf::from(dir)],
-        None => {
-            let mut found = vec![PathBuf::from("/usr/lib/postgresql/15/bin")];
-            if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
-                let mut others: Vec<(u32, PathBuf)> = entries
-                    .filter_map(|e| e.ok())
-                    .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-                    .collect();
-                others.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
-                found.extend(others.into_iter().map(|(_, p)| p));
-            }
-            found
-        }
-    };
-    let needed = ["initdb", "postgres", "pg_isready", "psql"];
-    candidates.iter().find(|dir| needed.iter().all(|b| dir.join(b).is_file())).cloned().unwrap_or_else(|| {
-        panic!(
-            "PostgreSQL server binaries ({}) not found in {:?}. Install them (Debian/Ubuntu: \
-             `apt-get install postgresql-15`) or set PG_BIN to the directory that holds them.",
-            needed.join(", "),
-            candidates
-        )
-    })
 }
 
 /// uid and gid of the `postgres` user, from /etc/passwd.
