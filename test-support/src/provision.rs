@@ -208,18 +208,21 @@ fn find_python3() -> Found {
     on_path("python3")
 }
 
+/// The path in the environment variable `var`, if it is set: found when `usable`, else reported, with
+/// `wanted` saying what it should name.
+fn from_env(var: &str, usable: impl Fn(&Path) -> bool, wanted: &str) -> Option<Found> {
+    let path = PathBuf::from(std::env::var_os(var)?);
+    Some(if usable(&path) {
+        Found::At(path)
+    } else {
+        Found::Misconfigured(format!("{var}={} is not {wanted} (unset it to use Debian's)", path.display()))
+    })
+}
+
 /// `$NGINX_BIN`, else Debian's nginx with the `mime.types` the edge configuration includes.
 fn find_nginx() -> Found {
-    if let Some(bin) = std::env::var_os("NGINX_BIN") {
-        let bin = PathBuf::from(bin);
-        return if is_executable(&bin) {
-            Found::At(bin)
-        } else {
-            Found::Misconfigured(format!(
-                "NGINX_BIN={} is not an executable file (unset it to use Debian's)",
-                bin.display()
-            ))
-        };
+    if let Some(found) = from_env("NGINX_BIN", is_executable, "an executable file") {
+        return found;
     }
     let bin = PathBuf::from("/usr/sbin/nginx");
     if is_executable(&bin) && Path::new("/etc/nginx/mime.types").is_file() { Found::At(bin) } else { Found::Missing }
@@ -228,17 +231,9 @@ fn find_nginx() -> Found {
 /// `$PG_BIN`, else `/usr/lib/postgresql/15/bin`, else the newest `/usr/lib/postgresql/*/bin` with every program.
 fn find_pg_bin() -> Found {
     let complete = |dir: &Path| PG_PROGRAMS.iter().all(|p| is_executable(&dir.join(p)));
-    if let Some(dir) = std::env::var_os("PG_BIN") {
-        let dir = PathBuf::from(dir);
-        return if complete(&dir) {
-            Found::At(dir)
-        } else {
-            Found::Misconfigured(format!(
-                "PG_BIN={} does not hold {} (unset it to use Debian's postgresql-15)",
-                dir.display(),
-                PG_PROGRAMS.join(", ")
-            ))
-        };
+    let wanted = format!("a directory holding {}", PG_PROGRAMS.join(", "));
+    if let Some(found) = from_env("PG_BIN", complete, &wanted) {
+        return found;
     }
     let mut candidates = vec![PathBuf::from("/usr/lib/postgresql/15/bin")];
     if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
