@@ -406,7 +406,11 @@ fn internal_endpoints_are_not_reachable_from_outside() {
             assert_edge_error(&resp, 403, "forbidden", &format!("{method} {path}"));
         }
     }
-    // None of them reached the API: its only /readyz access line is the direct request above.
+    // None of them reached the API: its only /readyz access line is the direct request above. The worker
+    // logs that line after answering, so it may still be on its way.
+    server.wait_log(Duration::from_secs(5), "the access line of the direct /readyz", |l| {
+        field(l, "target") == "access" && field(l, "path") == "/readyz"
+    });
     let reached: Vec<String> = server
         .stdout
         .json()
