@@ -3,7 +3,7 @@
 //! items are created). Each test covers one acceptance point of the edge; docs/edge.md describes the edge.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -14,7 +14,7 @@ use serde_json::json;
 use test_support::app_checks::{
     assert_error, check_items_crud, check_method_not_allowed, check_validation_errors, create_item,
 };
-use test_support::http_client::{HttpResponse, get, get_with, parse, send};
+use test_support::http_client::{HttpResponse, get, get_with, parse, raw_exchange, send};
 use test_support::nginx::{EdgeOptions, Nginx, conf_dir, default_vars, referenced_vars, render, tls_exchange};
 use test_support::pg::{Blackhole, PgServer};
 use test_support::*;
@@ -89,14 +89,9 @@ fn assert_edge_error(resp: &HttpResponse, status: u16, code: &str, what: &str) {
     assert_edge_headers(resp, what, None);
 }
 
-/// Writes raw bytes to `addr` and reads the answer until the server closes.
-fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(bytes).unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    parse(&raw, false).unwrap_or_else(|e| panic!("{e}"))
+/// Writes raw bytes to `addr` and parses the answer the server sends before it closes.
+fn raw_response(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
+    parse(&raw_exchange(addr, bytes), false).unwrap_or_else(|e| panic!("{e}"))
 }
 
 // Acceptance 1: health, items create/get/delete, SPA deep links and caching, JSON 404 for missing assets.
@@ -224,10 +219,10 @@ fn every_response_carries_the_security_headers_and_one_request_id() {
     assert_edge_error(&auth[2], 429, "rate_limited", "a 429");
     let long_uri = format!("/{}", "a".repeat(10_000));
     assert_edge_error(&get(&base, &long_uri), 414, "uri_too_long", "a 414");
-    let garbage = raw_exchange(edge.addr(), b"GARBAGE\r\n\r\n");
+    let garbage = raw_response(edge.addr(), b"GARBAGE\r\n\r\n");
     assert_edge_error(&garbage, 400, "bad_request", "an unparsable request line");
     let header = format!("X-Big: {}", "b".repeat(20_000));
-    let big_header = raw_exchange(
+    let big_header = raw_response(
         edge.addr(),
         format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{header}\r\n\r\n").as_bytes(),
     );
@@ -375,10 +370,10 @@ fn request_ids_are_forwarded_echoed_logged_or_replaced() {
 
     // A raw line break cannot travel inside an HTTP/1.1 header value. A CR is refused with a JSON 400 and a
     // generated id; a bare LF ends the value (nginx keeps "abc", a valid id) and what follows is never used.
-    let cr = raw_exchange(edge.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: abc\rdef\r\n\r\n");
+    let cr = raw_response(edge.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: abc\rdef\r\n\r\n");
     assert_error(&cr, 400, "bad_request");
     assert!(!cr.header("x-request-id").unwrap().contains("abc"));
-    let lf = raw_exchange(
+    let lf = raw_response(
         edge.addr(),
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: abc\ninjected\r\nConnection: close\r\n\r\n",
     );

@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use test_support::*;
 
-/// Sends raw bytes on a fresh connection and reads until the server closes it or `timeout` passes.
-fn raw(server: &Server, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(server.addr()).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let _ = stream.read_to_end(&mut out);
-    out
-}
-
 fn status_of(response: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(response);
     text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
@@ -32,7 +22,7 @@ fn get_with(server: &Server, path: &str, headers: &[String]) -> Vec<u8> {
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    raw(server, head.as_bytes())
+    http_client::raw_exchange(server.addr(), head.as_bytes())
 }
 
 /// The JSON error body of a raw response, with its request id checked against the header.
