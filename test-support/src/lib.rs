@@ -15,6 +15,7 @@
 //! - [`process`]: processes and sockets from /proc, signals by pid; [`cgroup`]: a pids cgroup that makes
 //!   forks fail.
 //! - [`pg`]: a throwaway PostgreSQL; [`nginx`]: the shipped edge configuration on Debian's nginx.
+#![forbid(unsafe_code)]
 
 pub mod app_checks;
 pub mod cgroup;
