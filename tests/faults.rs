@@ -1,20 +1,12 @@
 //! The master under faults, end to end: kill storms, crash loops, failed forks (a real pids cgroup), a
 //! signal racing a worker's exit, and out-of-range settings.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::cgroup::PidsCgroup;
-use common::*;
-
-const SIGABRT: i32 = libc::SIGABRT;
-const SIGCONT: i32 = libc::SIGCONT;
-const SIGHUP: i32 = libc::SIGHUP;
-const SIGKILL: i32 = libc::SIGKILL;
-const SIGSTOP: i32 = libc::SIGSTOP;
-const SIGTERM: i32 = libc::SIGTERM;
+use libc::{SIGABRT, SIGCONT, SIGHUP, SIGKILL, SIGSTOP, SIGTERM};
+use test_support::cgroup::PidsCgroup;
+use test_support::*;
 
 /// The master's log line saying it keeps failing to fork.
 const FORK_RETRY: &str = "could not start a worker: will retry";
@@ -47,15 +39,6 @@ fn get_within(server: &Server, path: &str, timeout: Duration) -> std::io::Result
     conn.send("GET", path, &["Connection: close"], b"")
 }
 
-/// CPU time a process has used (user + system), from /proc/PID/stat.
-fn cpu_time(pid: i32) -> Duration {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<u64> =
-        text[text.rfind(')').unwrap() + 2..].split_whitespace().skip(11).take(2).map(|f| f.parse().unwrap()).collect();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
-    Duration::from_millis((fields[0] + fields[1]) * 1000 / ticks)
-}
-
 /// Wall-clock seconds since the Unix epoch (the clock of the log timestamps).
 fn unix_seconds() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
@@ -67,24 +50,13 @@ fn seconds_after(ts: f64, then: f64) -> f64 {
     if d > 43_200.0 { d - 86_400.0 } else { d }
 }
 
-/// Pids of workers the master logged ready that are still its children.
-fn ready_workers(server: &Server) -> BTreeSet<i32> {
-    let children = server.workers();
-    server
-        .master_logs("worker ready")
-        .iter()
-        .filter_map(|l| l["worker_pid"].as_i64().map(|p| p as i32))
-        .filter(|p| children.contains(p))
-        .collect()
-}
-
 // A SIGKILL of a random worker every 300 ms for 6 s under close-per-request load: each is replaced at once,
 // the server is back to 3 serving workers within 1 s of the last kill, and only requests on the killed
 // workers fail.
 #[test]
 fn a_kill_storm_is_absorbed_by_replacing_each_worker_at_once() {
     const CLIENTS: usize = 4;
-    let server = Server::start_ready("workers = 3", "access_log = false", 3);
+    let server = Server::start_ready(binary!(), "workers = 3", "access_log = false", 3);
     let load = Load::start(server.addr(), "/healthz", 0, CLIENTS);
     let mut seed = u64::from(std::process::id());
     let mut kills = 0;
@@ -101,7 +73,7 @@ fn a_kill_storm_is_absorbed_by_replacing_each_worker_at_once() {
     }
     let last_kill = unix_seconds();
     let serving = wait_for(Duration::from_secs(5), "3 ready workers after the storm", || {
-        let ready = ready_workers(&server);
+        let ready = server.ready_workers();
         (ready.len() == 3 && server.workers().len() == 3).then_some(ready)
     });
     // Judged by the master's own clock, so a slow test machine does not count against it.
@@ -133,7 +105,7 @@ fn a_kill_storm_is_absorbed_by_replacing_each_worker_at_once() {
 #[test]
 fn a_worker_crashing_right_after_ready_is_respawned_at_a_bounded_rate() {
     const CLIENTS: usize = 2;
-    let server = Server::start_ready("workers = 2", "", 2);
+    let server = Server::start_ready(binary!(), "workers = 2", "", 2);
     let initial = server.workers();
     let sibling = initial[1];
     let load = Load::start(server.addr(), "/healthz", 0, CLIENTS);
@@ -142,7 +114,7 @@ fn a_worker_crashing_right_after_ready_is_respawned_at_a_bounded_rate() {
     let window = Duration::from_secs(8);
     let start = Instant::now();
     while start.elapsed() < window {
-        for pid in ready_workers(&server) {
+        for pid in server.ready_workers() {
             if pid != sibling && crashed.insert(pid) {
                 signal(pid, SIGABRT);
             }
@@ -173,7 +145,7 @@ fn a_worker_crashing_right_after_ready_is_respawned_at_a_bounded_rate() {
 #[test]
 fn failed_forks_while_recycling_never_stop_service() {
     let Some(cg) = cgroup("recycle") else { return };
-    let server = Server::start_ready("workers = 2\nmax_requests = 50", "", 2);
+    let server = Server::start_ready(binary!(), "workers = 2\nmax_requests = 50", "", 2);
     let original: BTreeSet<i32> = server.workers().into_iter().collect();
     block_forks(&server, &cg);
     for i in 0..150 {
@@ -185,7 +157,7 @@ fn failed_forks_while_recycling_never_stop_service() {
     cg.allow_forks();
     let allowed = Instant::now();
     wait_for(Duration::from_secs(2), "the spent workers replaced once forks succeed", || {
-        let ready = ready_workers(&server);
+        let ready = server.ready_workers();
         (ready.len() == 2 && ready.is_disjoint(&original)).then_some(())
     });
     assert!(allowed.elapsed() <= Duration::from_secs(2));
@@ -205,7 +177,7 @@ fn failed_forks_while_recycling_never_stop_service() {
 #[test]
 fn failed_forks_during_a_reload_keep_the_master_idle_and_the_old_generation_serving() {
     let Some(cg) = cgroup("reload") else { return };
-    let server = Server::start_ready("", "", 2);
+    let server = Server::start_ready(binary!(), "", "", 2);
     let old: BTreeSet<i32> = server.workers().into_iter().collect();
     block_forks(&server, &cg);
     let before = cpu_time(server.pid);
@@ -228,7 +200,7 @@ fn failed_forks_during_a_reload_keep_the_master_idle_and_the_old_generation_serv
 #[test]
 fn term_stops_the_master_while_forks_keep_failing() {
     let Some(cg) = cgroup("term") else { return };
-    let mut server = Server::start_ready("graceful_timeout = 3", "", 2);
+    let mut server = Server::start_ready(binary!(), "graceful_timeout = 3", "", 2);
     block_forks(&server, &cg);
     server.signal(SIGHUP);
     signal(server.workers()[0], SIGKILL);
@@ -244,7 +216,7 @@ fn term_stops_the_master_while_forks_keep_failing() {
 // stop like its siblings, and the master exits at once (nothing is in flight).
 #[test]
 fn term_racing_a_worker_exit_stops_the_replacement_too() {
-    let mut server = Server::start_ready("graceful_timeout = 10", "", 2);
+    let mut server = Server::start_ready(binary!(), "graceful_timeout = 10", "", 2);
     let victim = server.workers()[0];
     server.signal(SIGSTOP);
     signal(victim, SIGKILL);
@@ -277,7 +249,7 @@ fn out_of_range_settings_exit_2_naming_the_key() {
     for (var, value, key) in cases {
         for args in [&["check"][..], &[][..]] {
             let port = free_port();
-            let mut server = Server::start_with(port, &base_config(port), &[(var, value)], args);
+            let mut server = Server::start_with(binary!(), port, &base_config(port), &[(var, value)], args);
             let status = server.wait_exit(Duration::from_secs(10));
             assert_eq!(status.code(), Some(2), "{var}={value} {args:?}");
             let stderr = server.stderr.all().join("\n");
