@@ -29,7 +29,7 @@ fn base(server: &Server) -> String {
     format!("http://127.0.0.1:{}", server.port)
 }
 
-// Acceptance 1, 6, 7: every error code of the contract, the items resource, panics, through the binary.
+// every error code of the contract, the items resource, panics, through the binary.
 #[test]
 fn the_contract_and_items_through_the_binary() {
     let pg = PgServer::new();
@@ -69,7 +69,7 @@ fn the_contract_and_items_through_the_binary() {
     assert_eq!(logged["pid"].as_i64(), Some(pid as i64));
 }
 
-// Acceptance 2: valid client ids are echoed and logged in the access log; invalid ones are replaced.
+// valid client ids are echoed and logged in the access log; invalid ones are replaced.
 #[test]
 fn request_ids_are_echoed_logged_or_replaced() {
     let server = Server::start_ready(binary!(), "", "", 2);
@@ -100,7 +100,7 @@ fn request_ids_are_echoed_logged_or_replaced() {
     }
 }
 
-// Acceptance 3: readiness follows migrations and the database, answers within its deadline even when the
+// readiness follows migrations and the database, answers within its deadline even when the
 // database swallows packets, and recovers without a worker restart.
 #[test]
 fn readyz_follows_the_database_and_migrations() {
@@ -141,7 +141,7 @@ fn base_of(server: &Server) -> String {
     base(server)
 }
 
-// Acceptance 4: a storm of probes causes a handful of queries.
+// a storm of probes causes a handful of queries.
 #[test]
 fn concurrent_probes_share_one_check() {
     let pg = PgServer::with_options(PgOptions { stat_statements: true, ..PgOptions::default() });
@@ -168,7 +168,7 @@ fn concurrent_probes_share_one_check() {
     assert!((1..=10).contains(&calls), "{calls} checks for 200 probes over 2 workers");
 }
 
-// Acceptance 5: two migrators at the same moment both succeed; the schema is applied once.
+// two migrators at the same moment both succeed; the schema is applied once.
 #[test]
 fn concurrent_migrations_both_succeed_once() {
     let pg = PgServer::new();
@@ -194,7 +194,7 @@ fn concurrent_migrations_both_succeed_once() {
     assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).contains("nothing to apply"));
 }
 
-// Acceptance 8: CORS headers for allowed origins only; unsafe settings stop the startup with exit 2.
+// CORS headers for allowed origins only; unsafe settings stop the startup with exit 2.
 #[test]
 fn cors_allows_listed_origins_and_refuses_unsafe_settings() {
     let server = Server::start_ready(binary!(), "", "cors_origins = [\"https://app.example.com\"]", 2);
@@ -213,7 +213,7 @@ fn cors_allows_listed_origins_and_refuses_unsafe_settings() {
     }
 }
 
-// Acceptance 9: the database password never appears in any log output, even at debug level.
+// the database password never appears in any log output, even at debug level.
 #[test]
 fn the_database_password_never_reaches_the_logs() {
     let password = "Sup3r-s3cret-pw";

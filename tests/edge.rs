@@ -1,6 +1,6 @@
 //! The nginx edge (`conf/nginx/`) end to end: the shipped templates rendered like the container renders them,
 //! Debian's nginx on loopback ports, in front of the real `supervisor` binary (and a real PostgreSQL where
-//! items are created). Each test covers one acceptance point of the edge; docs/edge.md describes the edge.
+//! items are created). docs/edge.md describes the edge.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -94,7 +94,7 @@ fn raw_response(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
     parse(&raw_exchange(addr, bytes), false).unwrap_or_else(|e| panic!("{e}"))
 }
 
-// Acceptance 1: health, items create/get/delete, SPA deep links and caching, JSON 404 for missing assets.
+// health, items create/get/delete, SPA deep links and caching, JSON 404 for missing assets.
 #[test]
 fn routes_items_and_the_spa_through_the_edge() {
     let pg = PgServer::new();
@@ -144,7 +144,7 @@ fn routes_items_and_the_spa_through_the_edge() {
     assert_edge_error(&get(&base, "/api"), 404, "not_found", "/api");
 }
 
-// Acceptance 2: the /api/ zone answers 429s in the contract; /api/auth/ trips its stricter zone first.
+// the /api/ zone answers 429s in the contract; /api/auth/ trips its stricter zone first.
 #[test]
 fn rate_limits_answer_429_in_the_contract_and_auth_trips_first() {
     let server = api("", None);
@@ -184,7 +184,7 @@ fn rate_limits_answer_429_in_the_contract_and_auth_trips_first() {
     assert!(server.stdout.json().iter().all(|l| field(l, "request_id") != refused_id), "the API saw {refused_id}");
 }
 
-// Acceptance 3 (plain HTTP): every kind of response carries the security headers and one request id, and no
+// every kind of response carries the security headers and one request id, and no
 // HSTS; nginx's own errors are JSON in the contract; the API's errors pass through byte for byte.
 #[test]
 fn every_response_carries_the_security_headers_and_one_request_id() {
@@ -255,7 +255,7 @@ fn every_response_carries_the_security_headers_and_one_request_id() {
     assert_eq!(get(&base, "/").status, 200);
 }
 
-// Acceptance 3 (timeouts): an upstream that accepts and never answers gets nginx's 504 in the contract.
+// an upstream that accepts and never answers gets nginx's 504 in the contract.
 #[test]
 fn an_upstream_that_never_answers_is_a_json_504() {
     let blackhole = Blackhole::new();
@@ -291,7 +291,7 @@ fn requests_in_progress_per_client_are_limited() {
     drop(held);
 }
 
-// Acceptance 3 (TLS): the TLS variant sends HSTS on every response, errors included; plain HTTP never does.
+// the TLS variant sends HSTS on every response, errors included; plain HTTP never does.
 #[test]
 fn the_tls_variant_sends_hsts() {
     let server = api("", None);
@@ -326,7 +326,7 @@ fn the_tls_variant_sends_hsts() {
     assert_edge_headers(&get(&base(edge.addr()), "/healthz"), "the plain server", None);
 }
 
-// Acceptance 4: a valid client id is forwarded, echoed once and logged by both; an invalid one is replaced by
+// a valid client id is forwarded, echoed once and logged by both; an invalid one is replaced by
 // an edge-generated id that the API logs too; a line break never carries anything into the id.
 #[test]
 fn request_ids_are_forwarded_echoed_logged_or_replaced() {
@@ -386,7 +386,7 @@ fn request_ids_are_forwarded_echoed_logged_or_replaced() {
     }
 }
 
-// Acceptance 5: /metrics and /readyz are not reachable through the edge, however the path is spelled.
+// /metrics and /readyz are not reachable through the edge, however the path is spelled.
 #[test]
 fn internal_endpoints_are_not_reachable_from_outside() {
     let server = api("", None);
@@ -417,7 +417,7 @@ fn internal_endpoints_are_not_reachable_from_outside() {
     assert_eq!(reached, ["/readyz"]);
 }
 
-// Acceptance 6: the edge drops idle upstream connections before the API does, so a POST sent after the
+// the edge drops idle upstream connections before the API does, so a POST sent after the
 // connection sat idle longer than the API's keepalive is never written onto a connection the API closes.
 #[test]
 fn a_post_after_the_api_keepalive_is_not_a_502() {
@@ -499,7 +499,7 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
-// Acceptance 7: a missing (or empty) variable stops rendering, named, before nginx starts; render.sh (what
+// a missing (or empty) variable stops rendering, named, before nginx starts; render.sh (what
 // the container runs) does the same and renders exactly what the test renderer renders.
 #[test]
 fn rendering_fails_naming_a_missing_variable() {

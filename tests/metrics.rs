@@ -33,7 +33,7 @@ fn value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
     m.get(series).copied().unwrap_or(0.0)
 }
 
-// Acceptance 1 and 4: exact totals over all workers, the same from every worker; histogram consistent.
+// exact totals over all workers, the same from every worker; histogram consistent.
 #[test]
 fn every_scrape_reports_the_totals_of_all_workers() {
     let server = Server::start_ready(binary!(), "workers = 3", "", 3);
@@ -81,7 +81,7 @@ fn every_scrape_reports_the_totals_of_all_workers() {
     }
 }
 
-// Acceptance 2: counters survive a killed worker; restarts are counted with the right reason.
+// counters survive a killed worker; restarts are counted with the right reason.
 #[test]
 fn counters_survive_worker_restarts_and_name_the_reason() {
     let server = Server::start_ready(binary!(), "timeout = 2", "", 2);
@@ -124,7 +124,7 @@ fn counters_survive_worker_restarts_and_name_the_reason() {
     assert_eq!(last["supervisor_worker_restarts_total{reason=\"killed\"}"], 1.0);
 }
 
-// Acceptance 3: promtool accepts the exposition.
+// promtool accepts the exposition.
 #[test]
 fn promtool_accepts_the_exposition() {
     let promtool = &provision::tools().promtool;

@@ -22,7 +22,7 @@ fn pids_answering(server: &Server, n: usize) -> BTreeSet<i32> {
     panic!("only {} of {n} workers answered: {seen:?}", seen.len());
 }
 
-// Acceptance 1: N workers share one listening socket and all of them serve.
+// N workers share one listening socket and all of them serve.
 #[test]
 fn workers_share_one_listening_socket_and_all_serve() {
     let server = Server::start_ready(binary!(), "workers = 3", "", 3);
@@ -37,7 +37,7 @@ fn workers_share_one_listening_socket_and_all_serve() {
     assert_eq!(answered, workers.iter().copied().collect());
 }
 
-// Acceptance 3: a worker killed from outside is replaced quickly, the kill is named, siblings keep serving.
+// a worker killed from outside is replaced quickly, the kill is named, siblings keep serving.
 #[test]
 fn an_outside_sigkill_is_named_and_the_worker_replaced() {
     let server = Server::start_ready(binary!(), "", "", 2);
@@ -82,9 +82,8 @@ fn an_outside_sigkill_is_named_and_the_worker_replaced() {
 }
 
 // A burst of connections spreads over the workers instead of piling onto whichever worker runs first: a worker
-// holding more than its share leaves the next connections to its siblings, waiting at most 10 ms for them. (SPEC
-// section 2: workers share the listening socket; the skew would otherwise show as tail latency on the crowded
-// worker.)
+// holding more than its share leaves the next connections to its siblings, waiting at most 10 ms for them (the
+// workers share the listening socket; the skew would otherwise show as tail latency on the crowded worker).
 #[test]
 fn a_burst_of_connections_spreads_over_the_workers() {
     const BURST: usize = 40;
@@ -133,7 +132,7 @@ fn a_burst_of_connections_spreads_over_the_workers() {
     }
 }
 
-// Acceptance 4: a stopped worker is killed after `timeout` of heartbeat silence, never before: the master allows
+// a stopped worker is killed after `timeout` of heartbeat silence, never before: the master allows
 // one heartbeat interval (timeout/4) on top, since the worker may have stopped just before its next stamp.
 #[test]
 fn a_silent_worker_is_killed_after_timeout_and_replaced() {
@@ -154,7 +153,7 @@ fn a_silent_worker_is_killed_after_timeout_and_replaced() {
     server.wait_workers_ready(2);
 }
 
-// Acceptance 4, second part: a request that blocks the runtime thread is named in the timeout log.
+// a request that blocks the runtime thread is named in the timeout log.
 #[test]
 fn a_request_blocking_the_runtime_is_named_when_its_worker_times_out() {
     let server = Server::start_ready(binary!(), "timeout = 2\nworkers = 1", "", 1);
@@ -177,7 +176,7 @@ fn a_request_blocking_the_runtime_is_named_when_its_worker_times_out() {
     assert_eq!(get(server.addr(), "/healthz").unwrap().status, 200);
 }
 
-// Acceptance 5: TERM drains: in-flight requests finish, idle keep-alive connections close, the master exits 0.
+// TERM drains: in-flight requests finish, idle keep-alive connections close, the master exits 0.
 #[test]
 fn term_finishes_in_flight_requests_and_closes_idle_connections() {
     let mut server = Server::start_ready(binary!(), "workers = 1", "", 1);
@@ -197,7 +196,7 @@ fn term_finishes_in_flight_requests_and_closes_idle_connections() {
     assert!(std::net::TcpStream::connect(addr).is_err(), "nothing accepts after the drain");
 }
 
-// Acceptance 5, second part: a request longer than graceful_timeout is killed at the deadline and named.
+// a request longer than graceful_timeout is killed at the deadline and named.
 #[test]
 fn term_kills_stragglers_at_graceful_timeout_and_names_them() {
     let mut server = Server::start_ready(binary!(), "workers = 1\ngraceful_timeout = 1", "", 1);
@@ -218,7 +217,7 @@ fn term_kills_stragglers_at_graceful_timeout_and_names_them() {
     assert!(slow.join().unwrap().is_err());
 }
 
-// Acceptance 6: INT and QUIT stop everything at once.
+// INT and QUIT stop everything at once.
 #[test]
 fn int_and_quit_stop_master_and_workers_at_once() {
     for sig in [SIGINT, SIGQUIT] {
@@ -235,7 +234,7 @@ fn int_and_quit_stop_master_and_workers_at_once() {
     }
 }
 
-// Acceptance 7: TTIN and TTOU change the worker count; the retired worker drains; never below one.
+// TTIN and TTOU change the worker count; the retired worker drains; never below one.
 #[test]
 fn ttin_and_ttou_scale_the_workers() {
     let server = Server::start_ready(binary!(), "workers = 3", "", 3);
@@ -257,7 +256,7 @@ fn ttin_and_ttou_scale_the_workers() {
     assert_eq!(small.workers(), only);
 }
 
-// Acceptance 8: if the master dies, its workers follow and the port is freed.
+// if the master dies, its workers follow and the port is freed.
 #[test]
 fn workers_exit_when_the_master_is_killed() {
     let mut server = Server::start_ready(binary!(), "", "", 2);
@@ -268,7 +267,7 @@ fn workers_exit_when_the_master_is_killed() {
     wait_for(Duration::from_secs(2), "the port free", || std::net::TcpListener::bind(server.addr()).ok());
 }
 
-// Acceptance 9: master-only signals sent to a worker by accident do not kill it.
+// master-only signals sent to a worker by accident do not kill it.
 #[test]
 fn workers_ignore_master_only_signals() {
     let server = Server::start_ready(binary!(), "workers = 1", "", 1);
@@ -290,7 +289,7 @@ fn workers_ignore_master_only_signals() {
     assert!(server.master_logs("worker exited unexpectedly").is_empty());
 }
 
-// Acceptance 10: boot failures: at startup the master exits 3 with the cause; later, crash loops back off.
+// boot failures: at startup the master exits 3 with the cause; later, crash loops back off.
 #[test]
 fn a_worker_that_cannot_boot_at_startup_makes_the_master_exit_3() {
     let port = free_port();
@@ -339,7 +338,7 @@ fn a_crash_loop_backs_off_while_siblings_serve() {
     server.wait_workers_ready(2);
 }
 
-// Acceptance 11: idle keep-alive connections close after `keepalive`; keepalive = 0 disables keep-alive.
+// idle keep-alive connections close after `keepalive`; keepalive = 0 disables keep-alive.
 #[test]
 fn idle_keepalive_connections_close_after_keepalive_seconds() {
     let server = Server::start_ready(binary!(), "keepalive = 1", "", 2);
@@ -368,7 +367,7 @@ fn clients_that_never_finish_their_headers_are_dropped() {
     partial.wait_closed(Duration::from_secs(5));
 }
 
-// Acceptance 2 (binary side): `check` shows each value's source; bad keys and values exit 2 naming the key.
+// `check` shows each value's source; bad keys and values exit 2 naming the key.
 #[test]
 fn check_reports_sources_and_rejects_bad_config() {
     let dir = TempDir::new("check");

@@ -68,19 +68,19 @@ fn hup_under_load(top: &str, app: &str) {
     assert!(min_ready_after_startup(&server, 2) >= 2, "never fewer ready workers than configured");
 }
 
-// Acceptance 1: HUP under continuous load (keep-alive and fresh connections): no failure, all pids change.
+// HUP under continuous load (keep-alive and fresh connections): no failure, all pids change.
 #[test]
 fn hup_switches_generations_under_load_without_failures() {
     hup_under_load("", "");
 }
 
-// Acceptance 2: the same with workers that take a second to boot.
+// the same with workers that take a second to boot.
 #[test]
 fn hup_with_slow_booting_workers_loses_nothing() {
     hup_under_load("", "debug_boot_delay = 1");
 }
 
-// Acceptance 3: a new generation that cannot boot is killed; the old one keeps serving; a later HUP works.
+// a new generation that cannot boot is killed; the old one keeps serving; a later HUP works.
 #[test]
 fn a_reload_whose_workers_cannot_boot_is_aborted_and_the_old_generation_serves() {
     let server = Server::start_ready(binary!(), "", "", 2);
@@ -105,7 +105,7 @@ fn a_reload_whose_workers_cannot_boot_is_aborted_and_the_old_generation_serves()
     wait_for(Duration::from_secs(15), "old workers gone", || old.iter().all(|p| !alive(*p)).then_some(()));
 }
 
-// Acceptance 4: invalid TOML changes nothing and forks nothing.
+// invalid TOML changes nothing and forks nothing.
 #[test]
 fn a_reload_with_invalid_toml_changes_nothing() {
     let server = Server::start_ready(binary!(), "", "", 2);
@@ -119,7 +119,7 @@ fn a_reload_with_invalid_toml_changes_nothing() {
     assert_eq!(get(server.addr(), "/healthz").unwrap().status, 200);
 }
 
-// Acceptance 5: a reload applies new settings: worker count and keepalive.
+// a reload applies new settings: worker count and keepalive.
 #[test]
 fn a_reload_applies_the_new_worker_count_and_keepalive() {
     let server = Server::start_ready(binary!(), "keepalive = 5", "", 2);
@@ -136,7 +136,7 @@ fn a_reload_applies_the_new_worker_count_and_keepalive() {
     assert!(idle >= Duration::from_millis(800) && idle < Duration::from_secs(4), "new keepalive applies: {idle:?}");
 }
 
-// Acceptance 6: a burst of HUPs coalesces; the end state is one generation of the configured size.
+// a burst of HUPs coalesces; the end state is one generation of the configured size.
 #[test]
 fn a_burst_of_hups_settles_on_one_newest_generation() {
     // Boots take 0.3 s so that most HUPs of the burst arrive while a reload is in progress.

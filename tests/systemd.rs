@@ -15,7 +15,7 @@ fn next_message(socket: &UnixDatagram, timeout: Duration) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-// Acceptance 8: serves on the activated socket without binding; notifications arrive in order.
+// serves on the activated socket without binding; notifications arrive in order.
 #[test]
 fn socket_activation_and_notifications() {
     let activated = free_port();

@@ -47,7 +47,7 @@ fn start(bin: &Path, top: &str) -> Server {
     server
 }
 
-// Acceptance 9: USR2 under load: no failed request, same socket, the old master exits, pidfile handed over.
+// USR2 under load: no failed request, same socket, the old master exits, pidfile handed over.
 #[test]
 fn usr2_hands_the_socket_to_a_new_master_under_load() {
     let dir = TempDir::new("upgrade");
@@ -84,7 +84,7 @@ fn usr2_hands_the_socket_to_a_new_master_under_load() {
     assert_eq!(get(server.addr(), "/healthz").unwrap().status, 200);
 }
 
-// Acceptance 9: a new binary that fails to start leaves the old master serving, and says why.
+// a new binary that fails to start leaves the old master serving, and says why.
 #[test]
 fn a_broken_new_binary_leaves_the_old_master_serving() {
     let dir = TempDir::new("upgrade-broken");

@@ -1,5 +1,5 @@
-//! The HTTP contract of SPEC section 6 against the app served in-process with a real PostgreSQL: every error
-//! code, request ids, panics, deadlines, CORS and the items resource (issue 4, acceptance 1, 2, 6, 7, 8).
+//! The HTTP contract (docs/http-api.md) against the app served in-process with a real PostgreSQL: every error
+//! code, request ids, panics, deadlines, CORS and the items resource.
 
 mod support;
 

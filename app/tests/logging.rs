@@ -1,5 +1,5 @@
 //! What the app logs, captured at TRACE level: one access line per request with the request id, the request
-//! span on every line logged inside a request, and never the database password (issue 4, acceptance 2, 9).
+//! span on every line logged inside a request, and never the database password.
 //!
 //! The subscriber is process-global, so this file holds a single test.
 

@@ -1,5 +1,5 @@
 //! `migrate` against a real PostgreSQL: concurrent runs serialise on the advisory lock, the schema is applied
-//! once, and later runs apply nothing (issue 4, acceptance 5).
+//! once, and later runs apply nothing.
 
 mod support;
 

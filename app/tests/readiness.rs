@@ -1,5 +1,5 @@
 //! `/readyz` against a real PostgreSQL that is stopped, unmigrated, or swallowing packets, and under a probe
-//! storm (issue 4, acceptance 3 and 4).
+//! storm.
 
 mod support;
 
@@ -13,7 +13,7 @@ use test_support::http_client::get;
 use test_support::pg::{Blackhole, PgOptions, PgServer};
 use test_support::wait_for;
 
-/// Acceptance: every probe is answered within this, whatever the database does.
+/// every probe is answered within this, whatever the database does.
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Polls `/readyz` until it answers `status`, checking that every probe answers within [`PROBE_DEADLINE`].

@@ -1,4 +1,4 @@
-//! HTTP assertions on the app's contract (SPEC section 6), each taking the base URL of a running server, so
+//! HTTP assertions on the app's contract (docs/http-api.md), each taking the base URL of a running server, so
 //! the same checks run against the app served in-process, against the real `supervisor` binary and through
 //! the edge. Checks that create items never assume an empty table, so they can share a database.
 
@@ -116,7 +116,7 @@ pub fn check_malformed_json(base: &str) {
     }
 }
 
-/// 422 with per-field details for each invalid payload of the acceptance list.
+/// 422 with per-field details for each kind of invalid payload.
 pub fn check_validation_errors(base: &str) {
     let cases = [
         (json!({"name": "", "quantity": 1}), "name"),
