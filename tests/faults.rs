@@ -50,6 +50,15 @@ fn seconds_after(ts: f64, then: f64) -> f64 {
     if d > 43_200.0 { d - 86_400.0 } else { d }
 }
 
+/// Seconds from the Unix time `then` until the last of `pids` was logged ready by the master, by the master's
+/// own clock, so a slow test machine does not count against the server.
+fn ready_after(server: &Server, pids: &BTreeSet<i32>, then: f64) -> f64 {
+    (server.master_logs("worker ready").iter())
+        .filter(|l| l["worker_pid"].as_i64().is_some_and(|p| pids.contains(&(p as i32))))
+        .map(|l| seconds_after(ts_seconds(&field(l, "ts")), then))
+        .fold(f64::MIN, f64::max)
+}
+
 // A SIGKILL of a random worker every 300 ms for 6 s under close-per-request load: each is replaced at once,
 // the server is back to 3 serving workers within 1 s of the last kill, and only requests on the killed
 // workers fail.
@@ -76,12 +85,7 @@ fn a_kill_storm_is_absorbed_by_replacing_each_worker_at_once() {
         let ready = server.ready_workers();
         (ready.len() == 3 && server.workers().len() == 3).then_some(ready)
     });
-    // Judged by the master's own clock, so a slow test machine does not count against it.
-    let ready_at: Vec<f64> = (server.master_logs("worker ready").iter())
-        .filter(|l| l["worker_pid"].as_i64().is_some_and(|p| serving.contains(&(p as i32))))
-        .map(|l| ts_seconds(&field(l, "ts")))
-        .collect();
-    let after = ready_at.iter().map(|t| seconds_after(*t, last_kill)).fold(f64::MIN, f64::max);
+    let after = ready_after(&server, &serving, last_kill);
     assert!(after <= 1.0, "3 workers serving {after:.3} s after the last kill");
     let stats = load.finish();
     assert!(stats.ok > 100, "clients were served throughout: {}", stats.ok);
@@ -155,12 +159,13 @@ fn failed_forks_while_recycling_never_stop_service() {
     wait_for(Duration::from_secs(5), "a failed fork", || (!server.master_logs(FORK_RETRY).is_empty()).then_some(()));
     assert_eq!(server.workers().into_iter().collect::<BTreeSet<_>>(), original, "nobody retired without a replacement");
     cg.allow_forks();
-    let allowed = Instant::now();
-    wait_for(Duration::from_secs(2), "the spent workers replaced once forks succeed", || {
+    let allowed = unix_seconds();
+    let replacements = wait_for(Duration::from_secs(10), "the spent workers replaced once forks succeed", || {
         let ready = server.ready_workers();
-        (ready.len() == 2 && ready.is_disjoint(&original)).then_some(())
+        (ready.len() == 2 && ready.is_disjoint(&original)).then_some(ready)
     });
-    assert!(allowed.elapsed() <= Duration::from_secs(2));
+    let after = ready_after(&server, &replacements, allowed);
+    assert!(after <= 2.0, "replaced {after:.3} s after forks succeed again");
     let mut seen = BTreeSet::new();
     for i in 0..300 {
         let id = format!("after-{i}");
@@ -205,11 +210,9 @@ fn term_stops_the_master_while_forks_keep_failing() {
     server.signal(SIGHUP);
     signal(server.workers()[0], SIGKILL);
     wait_for(Duration::from_secs(5), "failed forks", || (server.master_logs(FORK_RETRY).len() >= 2).then_some(()));
-    let sent = Instant::now();
     server.signal(SIGTERM);
     let status = server.wait_exit(Duration::from_secs(3));
     assert_eq!(status.code(), Some(0));
-    assert!(sent.elapsed() <= Duration::from_secs(3));
 }
 
 // TERM arriving in the same loop turn as a worker's death: the replacement forked in that turn is told to
@@ -224,11 +227,9 @@ fn term_racing_a_worker_exit_stops_the_replacement_too() {
         stat(victim).is_some_and(|(s, _)| s == 'Z').then_some(())
     });
     server.signal(SIGTERM);
-    let sent = Instant::now();
     server.signal(SIGCONT);
     let status = server.wait_exit(Duration::from_secs(2));
     assert_eq!(status.code(), Some(0));
-    assert!(sent.elapsed() <= Duration::from_secs(2));
     assert!(
         server.master_logs("worker spawned").len() == 3,
         "the race happened: a replacement was forked before the stop"
