@@ -363,7 +363,7 @@ else
     IDLE_NOTE="did not wait for an idle machine (no --wait-idle)"
 fi
 
-# Throwaway PostgreSQL, like the tests (tests/common/pg.rs): PG_BIN or /usr/lib/postgresql/15/bin.
+# Throwaway PostgreSQL, like the tests (test-support/src/pg.rs): PG_BIN or /usr/lib/postgresql/15/bin.
 PG_BIN=${PG_BIN:-}
 if [ -z "$PG_BIN" ]; then
     for d in /usr/lib/postgresql/15/bin $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do

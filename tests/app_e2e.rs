@@ -1,20 +1,18 @@
 //! The app through the real `supervisor` binary and a real PostgreSQL: the error contract, request ids and
 //! access logs, readiness, migrations, items, CORS guardrails and secrets in logs.
 
-mod common;
-
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::app_checks::*;
-use common::http_client::get_with;
-use common::pg::{Blackhole, PgOptions, PgServer};
-use common::*;
+use test_support::app_checks::*;
+use test_support::http_client::get_with;
+use test_support::pg::{Blackhole, PgOptions, PgServer};
+use test_support::*;
 
 /// Runs `supervisor migrate` against `url` and returns its output.
 fn migrate(url: &str) -> std::process::Output {
-    Command::new(binary()).arg("migrate").env("DATABASE_URL", url).env_remove("SUPERVISOR_LOG_LEVEL").output().unwrap()
+    Command::new(binary!()).arg("migrate").env("DATABASE_URL", url).env_remove("SUPERVISOR_LOG_LEVEL").output().unwrap()
 }
 
 /// A server on `url`, with a short request timeout and a small body limit for the contract checks.
@@ -22,7 +20,7 @@ fn serve(url: &str, top: &str, app: &str) -> Server {
     let port = free_port();
     let config = config_with(port, top, &format!("request_timeout = 1\nmax_body_bytes = 1024\n{app}"));
     let workers = if top.contains("workers = 1") { 1 } else { 2 };
-    let server = Server::start_with(port, &config, &[("DATABASE_URL", url)], &[]);
+    let server = Server::start_with(binary!(), port, &config, &[("DATABASE_URL", url)], &[]);
     server.wait_workers_ready(workers);
     server
 }
@@ -31,7 +29,7 @@ fn base(server: &Server) -> String {
     format!("http://127.0.0.1:{}", server.port)
 }
 
-// Acceptance 1, 6, 7: every error code of the contract, the items resource, panics, through the binary.
+// every error code of the contract, the items resource, panics, through the binary.
 #[test]
 fn the_contract_and_items_through_the_binary() {
     let pg = PgServer::new();
@@ -71,10 +69,10 @@ fn the_contract_and_items_through_the_binary() {
     assert_eq!(logged["pid"].as_i64(), Some(pid as i64));
 }
 
-// Acceptance 2: valid client ids are echoed and logged in the access log; invalid ones are replaced.
+// valid client ids are echoed and logged in the access log; invalid ones are replaced.
 #[test]
 fn request_ids_are_echoed_logged_or_replaced() {
-    let server = Server::start_ready("", "", 2);
+    let server = Server::start_ready(binary!(), "", "", 2);
     let base = base(&server);
     check_request_id_echo(&base);
     let r = request(server.addr(), "GET", "/healthz", &["X-Request-ID: abc-123"], b"").unwrap();
@@ -102,7 +100,7 @@ fn request_ids_are_echoed_logged_or_replaced() {
     }
 }
 
-// Acceptance 3: readiness follows migrations and the database, answers within its deadline even when the
+// readiness follows migrations and the database, answers within its deadline even when the
 // database swallows packets, and recovers without a worker restart.
 #[test]
 fn readyz_follows_the_database_and_migrations() {
@@ -116,7 +114,7 @@ fn readyz_follows_the_database_and_migrations() {
     let ready = |status: u16| {
         wait_for(Duration::from_secs(3), &format!("/readyz {status}"), || {
             let started = Instant::now();
-            let r = common::http_client::get(&base, "/readyz");
+            let r = test_support::http_client::get(&base, "/readyz");
             assert!(started.elapsed() < Duration::from_secs(2), "answered within its deadline");
             (r.status == status).then_some(())
         })
@@ -134,7 +132,7 @@ fn readyz_follows_the_database_and_migrations() {
     let hole = Blackhole::new();
     let stuck = serve(&hole.url(), "", "");
     let started = Instant::now();
-    let r = common::http_client::get(&base_of(&stuck), "/readyz");
+    let r = test_support::http_client::get(&base_of(&stuck), "/readyz");
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     assert_error(&r, 503, "not_ready");
 }
@@ -143,7 +141,7 @@ fn base_of(server: &Server) -> String {
     base(server)
 }
 
-// Acceptance 4: a storm of probes causes a handful of queries.
+// a storm of probes causes a handful of queries.
 #[test]
 fn concurrent_probes_share_one_check() {
     let pg = PgServer::with_options(PgOptions { stat_statements: true, ..PgOptions::default() });
@@ -158,7 +156,7 @@ fn concurrent_probes_share_one_check() {
             let (barrier, base) = (barrier.clone(), base.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                common::http_client::get(&base, "/readyz").status
+                test_support::http_client::get(&base, "/readyz").status
             })
         })
         .collect();
@@ -170,7 +168,7 @@ fn concurrent_probes_share_one_check() {
     assert!((1..=10).contains(&calls), "{calls} checks for 200 probes over 2 workers");
 }
 
-// Acceptance 5: two migrators at the same moment both succeed; the schema is applied once.
+// two migrators at the same moment both succeed; the schema is applied once.
 #[test]
 fn concurrent_migrations_both_succeed_once() {
     let pg = PgServer::new();
@@ -196,10 +194,10 @@ fn concurrent_migrations_both_succeed_once() {
     assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).contains("nothing to apply"));
 }
 
-// Acceptance 8: CORS headers for allowed origins only; unsafe settings stop the startup with exit 2.
+// CORS headers for allowed origins only; unsafe settings stop the startup with exit 2.
 #[test]
 fn cors_allows_listed_origins_and_refuses_unsafe_settings() {
-    let server = Server::start_ready("", "cors_origins = [\"https://app.example.com\"]", 2);
+    let server = Server::start_ready(binary!(), "", "cors_origins = [\"https://app.example.com\"]", 2);
     check_cors(&base(&server), "https://app.example.com");
 
     let cases: [(&str, &[(&str, &str)]); 2] = [
@@ -209,18 +207,18 @@ fn cors_allows_listed_origins_and_refuses_unsafe_settings() {
     for (app, env) in cases {
         let port = free_port();
         let config = config_with(port, "", app).replace("debug_routes = true", "debug_routes = false");
-        let mut s = Server::start_with(port, &config, env, &[]);
+        let mut s = Server::start_with(binary!(), port, &config, env, &[]);
         assert_eq!(s.wait_exit(Duration::from_secs(5)).code(), Some(2));
         assert!(s.stderr.all().join("\n").contains("app.cors_origins"), "{:?}", s.stderr.all());
     }
 }
 
-// Acceptance 9: the database password never appears in any log output, even at debug level.
+// the database password never appears in any log output, even at debug level.
 #[test]
 fn the_database_password_never_reaches_the_logs() {
     let password = "Sup3r-s3cret-pw";
     let pg = PgServer::with_options(PgOptions { password: Some(password.into()), ..PgOptions::default() });
-    let out = Command::new(binary())
+    let out = Command::new(binary!())
         .args(["migrate", "--log-level", "debug"])
         .env("DATABASE_URL", pg.url())
         .output()
@@ -228,12 +226,12 @@ fn the_database_password_never_reaches_the_logs() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let wrong = pg.url().replace(password, "wrong-pw-XYZ");
     let failed =
-        Command::new(binary()).args(["migrate", "--log-level", "debug"]).env("DATABASE_URL", &wrong).output().unwrap();
+        Command::new(binary!()).args(["migrate", "--log-level", "debug"]).env("DATABASE_URL", &wrong).output().unwrap();
     assert!(!failed.status.success());
     let server = serve(&pg.url(), "log_level = \"debug\"", "");
     check_readyz_ready(&base(&server));
     get_with(&base(&server), "/api/items", &[]);
-    let check = Command::new(binary()).arg("check").env("DATABASE_URL", pg.url()).output().unwrap();
+    let check = Command::new(binary!()).arg("check").env("DATABASE_URL", pg.url()).output().unwrap();
     let mut all = server.stdout.all().join("\n") + &server.stderr.all().join("\n");
     for o in [&out, &failed, &check] {
         all += &String::from_utf8_lossy(&o.stdout);

@@ -1,29 +1,22 @@
 //! The app's database time limits through the real binary and a real PostgreSQL: a real `LOCK TABLE` held by
 //! another session, statements that outlive their limits, and what `pg_stat_activity` shows afterwards.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::app_checks::{assert_error, check_readyz_ready};
-use common::http_client::{HttpResponse, get, get_with};
-use common::pg::PgServer;
-use common::*;
-
-/// The server binaries' folder, as `tests/common/pg.rs` finds it.
-fn pg_bin() -> PathBuf {
-    std::env::var_os("PG_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
-}
+use test_support::app_checks::{assert_error, check_readyz_ready};
+use test_support::http_client::{HttpResponse, get, get_with};
+use test_support::pg::PgServer;
+use test_support::provision::tools;
+use test_support::*;
 
 /// A migrated database.
 fn migrated() -> PgServer {
     let pg = PgServer::new();
-    let out = Command::new(binary()).arg("migrate").env("DATABASE_URL", pg.url()).output().unwrap();
+    let out = Command::new(binary!()).arg("migrate").env("DATABASE_URL", pg.url()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     pg
 }
@@ -34,7 +27,7 @@ fn serve(pg: &PgServer, env: &[(&str, &str)]) -> Server {
     let url = pg.url();
     let mut all = vec![("DATABASE_URL", url.as_str()), ("WEB_CONCURRENCY", "1")];
     all.extend_from_slice(env);
-    let server = Server::start_with(port, &config_with(port, "", ""), &all, &[]);
+    let server = Server::start_with(binary!(), port, &config_with(port, "", ""), &all, &[]);
     server.wait_workers_ready(1);
     server
 }
@@ -53,7 +46,7 @@ struct Locker<'a> {
 impl<'a> Locker<'a> {
     fn hold(pg: &'a PgServer, table: &str, seconds: u32) -> Locker<'a> {
         let sql = format!("BEGIN; LOCK TABLE {table}; SELECT pg_sleep({seconds}); COMMIT;");
-        let child = Command::new(pg_bin().join("psql"))
+        let child = Command::new(tools().pg_bin.join("psql"))
             .arg("-h")
             .arg(pg.dir())
             .args(["-p", &pg.port().to_string(), "-U", "postgres", "-d", "postgres", "-X", "-q", "-c", &sql])

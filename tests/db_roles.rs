@@ -1,18 +1,17 @@
 //! The deployments' database roles (`conf/postgres/roles.sh`) and backup script (`compose/backup/pg-backup.sh`)
 //! against a real PostgreSQL, with the real binary migrating as the owner and serving as the app role.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::app_checks::{check_items_crud, check_readyz_ready, create_item};
-use common::http_client::get;
-use common::pg::{PgOptions, PgServer};
-use common::*;
+use test_support::app_checks::{check_items_crud, check_readyz_ready, create_item};
+use test_support::http_client::get;
+use test_support::pg::{PgOptions, PgServer};
+use test_support::provision::tools;
+use test_support::*;
 
 /// A password with what needs quoting in SQL, in libpq's key=value form and in a shell.
 const OWNER_PASSWORD: &str = "own'er pw\\1$x";
@@ -26,8 +25,7 @@ fn root() -> &'static Path {
 
 /// PATH with the PostgreSQL binaries the throwaway server uses first, for the scripts' psql, pg_dump, ...
 fn path_with_pg() -> String {
-    let bin = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-    format!("{bin}:{}", std::env::var("PATH").unwrap_or_default())
+    format!("{}:{}", tools().pg_bin.display(), std::env::var("PATH").unwrap_or_default())
 }
 
 /// A libpq key=value connection string over TCP.
@@ -86,7 +84,7 @@ fn roles_sh(pg: &PgServer, secrets: &Secrets, superuser: &str) -> Output {
 
 /// `supervisor migrate` against `url`.
 fn migrate(url: &str) -> Output {
-    Command::new(binary()).arg("migrate").env("DATABASE_URL", url).output().unwrap()
+    Command::new(binary!()).arg("migrate").env("DATABASE_URL", url).output().unwrap()
 }
 
 /// Runs `sql` with psql over TCP as `user` in the app database; whether it succeeded, and its output (stdout
@@ -122,7 +120,8 @@ fn two_roles() -> (PgServer, Secrets) {
 fn serve_as_app(pg: &PgServer) -> Server {
     let port = free_port();
     let url = url(pg, "app_api", APP_PASSWORD, "app");
-    let server = Server::start_with(port, &config_with(port, "workers = 1", ""), &[("DATABASE_URL", &url)], &[]);
+    let server =
+        Server::start_with(binary!(), port, &config_with(port, "workers = 1", ""), &[("DATABASE_URL", &url)], &[]);
     server.wait_workers_ready(1);
     server
 }

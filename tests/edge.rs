@@ -1,11 +1,9 @@
 //! The nginx edge (`conf/nginx/`) end to end: the shipped templates rendered like the container renders them,
 //! Debian's nginx on loopback ports, in front of the real `supervisor` binary (and a real PostgreSQL where
-//! items are created). Each test covers one acceptance point of the edge; docs/edge.md describes the edge.
-
-mod common;
+//! items are created). docs/edge.md describes the edge.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -13,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::app_checks::{
+use test_support::app_checks::{
     assert_error, check_items_crud, check_method_not_allowed, check_validation_errors, create_item,
 };
-use common::http_client::{HttpResponse, get, get_with, parse, send};
-use common::nginx::{EdgeOptions, Nginx, conf_dir, default_vars, referenced_vars, render, tls_exchange};
-use common::pg::{Blackhole, PgServer};
-use common::*;
+use test_support::http_client::{HttpResponse, get, get_with, parse, raw_exchange, send};
+use test_support::nginx::{EdgeOptions, Nginx, conf_dir, default_vars, referenced_vars, render, tls_exchange};
+use test_support::pg::{Blackhole, PgServer};
+use test_support::*;
 
 /// The security headers every edge response carries (besides the CSP, checked per path).
 const FIXED_HEADERS: [(&str, &str); 3] = [
@@ -42,7 +40,7 @@ fn base(addr: SocketAddr) -> String {
 
 /// Runs `supervisor migrate` against `url`; panics with its output if it fails.
 fn migrate(url: &str) {
-    let output = Command::new(binary()).arg("migrate").env("DATABASE_URL", url).output().expect("running migrate");
+    let output = Command::new(binary!()).arg("migrate").env("DATABASE_URL", url).output().expect("running migrate");
     assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stdout));
 }
 
@@ -50,7 +48,7 @@ fn migrate(url: &str) {
 fn api(top: &str, database_url: Option<&str>) -> Server {
     let port = free_port();
     let env: Vec<(&str, &str)> = database_url.map(|u| ("DATABASE_URL", u)).into_iter().collect();
-    let server = Server::start_with(port, &config_with(port, top, ""), &env, &[]);
+    let server = Server::start_with(binary!(), port, &config_with(port, top, ""), &env, &[]);
     server.wait_workers_ready(2);
     server
 }
@@ -91,31 +89,12 @@ fn assert_edge_error(resp: &HttpResponse, status: u16, code: &str, what: &str) {
     assert_edge_headers(resp, what, None);
 }
 
-/// Writes raw bytes to `addr` and reads the answer until the server closes.
-fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(bytes).unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    parse(&raw, false).unwrap_or_else(|e| panic!("{e}"))
+/// Writes raw bytes to `addr` and parses the answer the server sends before it closes.
+fn raw_response(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
+    parse(&raw_exchange(addr, bytes), false).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Established TCP connections whose remote port is `port` (the proxy's side of its upstream connections).
-fn established_to(port: u16) -> usize {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|t| t.lines().skip(1).map(String::from).collect::<Vec<_>>())
-        .filter(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            let remote = cols.get(2).and_then(|c| c.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
-            remote == Some(port) && cols.get(3) == Some(&"01")
-        })
-        .count()
-}
-
-// Acceptance 1: health, items create/get/delete, SPA deep links and caching, JSON 404 for missing assets.
+// health, items create/get/delete, SPA deep links and caching, JSON 404 for missing assets.
 #[test]
 fn routes_items_and_the_spa_through_the_edge() {
     let pg = PgServer::new();
@@ -165,7 +144,7 @@ fn routes_items_and_the_spa_through_the_edge() {
     assert_edge_error(&get(&base, "/api"), 404, "not_found", "/api");
 }
 
-// Acceptance 2: the /api/ zone answers 429s in the contract; /api/auth/ trips its stricter zone first.
+// the /api/ zone answers 429s in the contract; /api/auth/ trips its stricter zone first.
 #[test]
 fn rate_limits_answer_429_in_the_contract_and_auth_trips_first() {
     let server = api("", None);
@@ -205,7 +184,7 @@ fn rate_limits_answer_429_in_the_contract_and_auth_trips_first() {
     assert!(server.stdout.json().iter().all(|l| field(l, "request_id") != refused_id), "the API saw {refused_id}");
 }
 
-// Acceptance 3 (plain HTTP): every kind of response carries the security headers and one request id, and no
+// every kind of response carries the security headers and one request id, and no
 // HSTS; nginx's own errors are JSON in the contract; the API's errors pass through byte for byte.
 #[test]
 fn every_response_carries_the_security_headers_and_one_request_id() {
@@ -240,10 +219,10 @@ fn every_response_carries_the_security_headers_and_one_request_id() {
     assert_edge_error(&auth[2], 429, "rate_limited", "a 429");
     let long_uri = format!("/{}", "a".repeat(10_000));
     assert_edge_error(&get(&base, &long_uri), 414, "uri_too_long", "a 414");
-    let garbage = raw_exchange(edge.addr(), b"GARBAGE\r\n\r\n");
+    let garbage = raw_response(edge.addr(), b"GARBAGE\r\n\r\n");
     assert_edge_error(&garbage, 400, "bad_request", "an unparsable request line");
     let header = format!("X-Big: {}", "b".repeat(20_000));
-    let big_header = raw_exchange(
+    let big_header = raw_response(
         edge.addr(),
         format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{header}\r\n\r\n").as_bytes(),
     );
@@ -276,7 +255,7 @@ fn every_response_carries_the_security_headers_and_one_request_id() {
     assert_eq!(get(&base, "/").status, 200);
 }
 
-// Acceptance 3 (timeouts): an upstream that accepts and never answers gets nginx's 504 in the contract.
+// an upstream that accepts and never answers gets nginx's 504 in the contract.
 #[test]
 fn an_upstream_that_never_answers_is_a_json_504() {
     let blackhole = Blackhole::new();
@@ -312,7 +291,7 @@ fn requests_in_progress_per_client_are_limited() {
     drop(held);
 }
 
-// Acceptance 3 (TLS): the TLS variant sends HSTS on every response, errors included; plain HTTP never does.
+// the TLS variant sends HSTS on every response, errors included; plain HTTP never does.
 #[test]
 fn the_tls_variant_sends_hsts() {
     let server = api("", None);
@@ -347,7 +326,7 @@ fn the_tls_variant_sends_hsts() {
     assert_edge_headers(&get(&base(edge.addr()), "/healthz"), "the plain server", None);
 }
 
-// Acceptance 4: a valid client id is forwarded, echoed once and logged by both; an invalid one is replaced by
+// a valid client id is forwarded, echoed once and logged by both; an invalid one is replaced by
 // an edge-generated id that the API logs too; a line break never carries anything into the id.
 #[test]
 fn request_ids_are_forwarded_echoed_logged_or_replaced() {
@@ -391,10 +370,10 @@ fn request_ids_are_forwarded_echoed_logged_or_replaced() {
 
     // A raw line break cannot travel inside an HTTP/1.1 header value. A CR is refused with a JSON 400 and a
     // generated id; a bare LF ends the value (nginx keeps "abc", a valid id) and what follows is never used.
-    let cr = raw_exchange(edge.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: abc\rdef\r\n\r\n");
+    let cr = raw_response(edge.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: abc\rdef\r\n\r\n");
     assert_error(&cr, 400, "bad_request");
     assert!(!cr.header("x-request-id").unwrap().contains("abc"));
-    let lf = raw_exchange(
+    let lf = raw_response(
         edge.addr(),
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: abc\ninjected\r\nConnection: close\r\n\r\n",
     );
@@ -407,7 +386,7 @@ fn request_ids_are_forwarded_echoed_logged_or_replaced() {
     }
 }
 
-// Acceptance 5: /metrics and /readyz are not reachable through the edge, however the path is spelled.
+// /metrics and /readyz are not reachable through the edge, however the path is spelled.
 #[test]
 fn internal_endpoints_are_not_reachable_from_outside() {
     let server = api("", None);
@@ -422,7 +401,11 @@ fn internal_endpoints_are_not_reachable_from_outside() {
             assert_edge_error(&resp, 403, "forbidden", &format!("{method} {path}"));
         }
     }
-    // None of them reached the API: its only /readyz access line is the direct request above.
+    // None of them reached the API: its only /readyz access line is the direct request above. The worker
+    // logs that line after answering, so it may still be on its way.
+    server.wait_log(Duration::from_secs(5), "the access line of the direct /readyz", |l| {
+        field(l, "target") == "access" && field(l, "path") == "/readyz"
+    });
     let reached: Vec<String> = server
         .stdout
         .json()
@@ -434,7 +417,7 @@ fn internal_endpoints_are_not_reachable_from_outside() {
     assert_eq!(reached, ["/readyz"]);
 }
 
-// Acceptance 6: the edge drops idle upstream connections before the API does, so a POST sent after the
+// the edge drops idle upstream connections before the API does, so a POST sent after the
 // connection sat idle longer than the API's keepalive is never written onto a connection the API closes.
 #[test]
 fn a_post_after_the_api_keepalive_is_not_a_502() {
@@ -480,7 +463,7 @@ fn all_vars() -> BTreeMap<String, String> {
 /// The shipped templates plus the TLS variant, in one directory (as a TLS deployment mounts them).
 fn all_templates(dir: &TempDir) -> std::path::PathBuf {
     let templates = dir.join("templates");
-    common::nginx::copy_tree(&conf_dir().join("templates"), &templates);
+    test_support::nginx::copy_tree(&conf_dir().join("templates"), &templates);
     std::fs::copy(conf_dir().join("tls/https.conf.template"), templates.join("https.conf.template")).unwrap();
     templates
 }
@@ -516,7 +499,7 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
-// Acceptance 7: a missing (or empty) variable stops rendering, named, before nginx starts; render.sh (what
+// a missing (or empty) variable stops rendering, named, before nginx starts; render.sh (what
 // the container runs) does the same and renders exactly what the test renderer renders.
 #[test]
 fn rendering_fails_naming_a_missing_variable() {
@@ -572,7 +555,7 @@ fn every_variable_has_a_default_and_documentation() {
     let read = |p: &str| std::fs::read_to_string(conf_dir().join(p)).unwrap();
     let dir = TempDir::new("knobs");
     let templates = dir.join("templates");
-    common::nginx::copy_tree(&conf_dir().join("templates"), &templates);
+    test_support::nginx::copy_tree(&conf_dir().join("templates"), &templates);
     let mut used: Vec<String> = ["edge.conf.template", "locations/site.conf.template"]
         .iter()
         .flat_map(|t| referenced_vars(&read(&format!("templates/{t}"))))

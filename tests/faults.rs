@@ -1,20 +1,12 @@
 //! The master under faults, end to end: kill storms, crash loops, failed forks (a real pids cgroup), a
 //! signal racing a worker's exit, and out-of-range settings.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::cgroup::PidsCgroup;
-use common::*;
-
-const SIGABRT: i32 = libc::SIGABRT;
-const SIGCONT: i32 = libc::SIGCONT;
-const SIGHUP: i32 = libc::SIGHUP;
-const SIGKILL: i32 = libc::SIGKILL;
-const SIGSTOP: i32 = libc::SIGSTOP;
-const SIGTERM: i32 = libc::SIGTERM;
+use libc::{SIGABRT, SIGCONT, SIGHUP, SIGKILL, SIGSTOP, SIGTERM};
+use test_support::cgroup::PidsCgroup;
+use test_support::*;
 
 /// The master's log line saying it keeps failing to fork.
 const FORK_RETRY: &str = "could not start a worker: will retry";
@@ -47,15 +39,6 @@ fn get_within(server: &Server, path: &str, timeout: Duration) -> std::io::Result
     conn.send("GET", path, &["Connection: close"], b"")
 }
 
-/// CPU time a process has used (user + system), from /proc/PID/stat.
-fn cpu_time(pid: i32) -> Duration {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<u64> =
-        text[text.rfind(')').unwrap() + 2..].split_whitespace().skip(11).take(2).map(|f| f.parse().unwrap()).collect();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
-    Duration::from_millis((fields[0] + fields[1]) * 1000 / ticks)
-}
-
 /// Wall-clock seconds since the Unix epoch (the clock of the log timestamps).
 fn unix_seconds() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
@@ -67,15 +50,13 @@ fn seconds_after(ts: f64, then: f64) -> f64 {
     if d > 43_200.0 { d - 86_400.0 } else { d }
 }
 
-/// Pids of workers the master logged ready that are still its children.
-fn ready_workers(server: &Server) -> BTreeSet<i32> {
-    let children = server.workers();
-    server
-        .master_logs("worker ready")
-        .iter()
-        .filter_map(|l| l["worker_pid"].as_i64().map(|p| p as i32))
-        .filter(|p| children.contains(p))
-        .collect()
+/// Seconds from the Unix time `then` until the last of `pids` was logged ready by the master, by the master's
+/// own clock, so a slow test machine does not count against the server.
+fn ready_after(server: &Server, pids: &BTreeSet<i32>, then: f64) -> f64 {
+    (server.master_logs("worker ready").iter())
+        .filter(|l| l["worker_pid"].as_i64().is_some_and(|p| pids.contains(&(p as i32))))
+        .map(|l| seconds_after(ts_seconds(&field(l, "ts")), then))
+        .fold(f64::MIN, f64::max)
 }
 
 // A SIGKILL of a random worker every 300 ms for 6 s under close-per-request load: each is replaced at once,
@@ -84,7 +65,7 @@ fn ready_workers(server: &Server) -> BTreeSet<i32> {
 #[test]
 fn a_kill_storm_is_absorbed_by_replacing_each_worker_at_once() {
     const CLIENTS: usize = 4;
-    let server = Server::start_ready("workers = 3", "access_log = false", 3);
+    let server = Server::start_ready(binary!(), "workers = 3", "access_log = false", 3);
     let load = Load::start(server.addr(), "/healthz", 0, CLIENTS);
     let mut seed = u64::from(std::process::id());
     let mut kills = 0;
@@ -101,15 +82,10 @@ fn a_kill_storm_is_absorbed_by_replacing_each_worker_at_once() {
     }
     let last_kill = unix_seconds();
     let serving = wait_for(Duration::from_secs(5), "3 ready workers after the storm", || {
-        let ready = ready_workers(&server);
+        let ready = server.ready_workers();
         (ready.len() == 3 && server.workers().len() == 3).then_some(ready)
     });
-    // Judged by the master's own clock, so a slow test machine does not count against it.
-    let ready_at: Vec<f64> = (server.master_logs("worker ready").iter())
-        .filter(|l| l["worker_pid"].as_i64().is_some_and(|p| serving.contains(&(p as i32))))
-        .map(|l| ts_seconds(&field(l, "ts")))
-        .collect();
-    let after = ready_at.iter().map(|t| seconds_after(*t, last_kill)).fold(f64::MIN, f64::max);
+    let after = ready_after(&server, &serving, last_kill);
     assert!(after <= 1.0, "3 workers serving {after:.3} s after the last kill");
     let stats = load.finish();
     assert!(stats.ok > 100, "clients were served throughout: {}", stats.ok);
@@ -133,7 +109,7 @@ fn a_kill_storm_is_absorbed_by_replacing_each_worker_at_once() {
 #[test]
 fn a_worker_crashing_right_after_ready_is_respawned_at_a_bounded_rate() {
     const CLIENTS: usize = 2;
-    let server = Server::start_ready("workers = 2", "", 2);
+    let server = Server::start_ready(binary!(), "workers = 2", "", 2);
     let initial = server.workers();
     let sibling = initial[1];
     let load = Load::start(server.addr(), "/healthz", 0, CLIENTS);
@@ -142,7 +118,7 @@ fn a_worker_crashing_right_after_ready_is_respawned_at_a_bounded_rate() {
     let window = Duration::from_secs(8);
     let start = Instant::now();
     while start.elapsed() < window {
-        for pid in ready_workers(&server) {
+        for pid in server.ready_workers() {
             if pid != sibling && crashed.insert(pid) {
                 signal(pid, SIGABRT);
             }
@@ -173,7 +149,7 @@ fn a_worker_crashing_right_after_ready_is_respawned_at_a_bounded_rate() {
 #[test]
 fn failed_forks_while_recycling_never_stop_service() {
     let Some(cg) = cgroup("recycle") else { return };
-    let server = Server::start_ready("workers = 2\nmax_requests = 50", "", 2);
+    let server = Server::start_ready(binary!(), "workers = 2\nmax_requests = 50", "", 2);
     let original: BTreeSet<i32> = server.workers().into_iter().collect();
     block_forks(&server, &cg);
     for i in 0..150 {
@@ -183,12 +159,13 @@ fn failed_forks_while_recycling_never_stop_service() {
     wait_for(Duration::from_secs(5), "a failed fork", || (!server.master_logs(FORK_RETRY).is_empty()).then_some(()));
     assert_eq!(server.workers().into_iter().collect::<BTreeSet<_>>(), original, "nobody retired without a replacement");
     cg.allow_forks();
-    let allowed = Instant::now();
-    wait_for(Duration::from_secs(2), "the spent workers replaced once forks succeed", || {
-        let ready = ready_workers(&server);
-        (ready.len() == 2 && ready.is_disjoint(&original)).then_some(())
+    let allowed = unix_seconds();
+    let replacements = wait_for(Duration::from_secs(10), "the spent workers replaced once forks succeed", || {
+        let ready = server.ready_workers();
+        (ready.len() == 2 && ready.is_disjoint(&original)).then_some(ready)
     });
-    assert!(allowed.elapsed() <= Duration::from_secs(2));
+    let after = ready_after(&server, &replacements, allowed);
+    assert!(after <= 2.0, "replaced {after:.3} s after forks succeed again");
     let mut seen = BTreeSet::new();
     for i in 0..300 {
         let id = format!("after-{i}");
@@ -205,7 +182,7 @@ fn failed_forks_while_recycling_never_stop_service() {
 #[test]
 fn failed_forks_during_a_reload_keep_the_master_idle_and_the_old_generation_serving() {
     let Some(cg) = cgroup("reload") else { return };
-    let server = Server::start_ready("", "", 2);
+    let server = Server::start_ready(binary!(), "", "", 2);
     let old: BTreeSet<i32> = server.workers().into_iter().collect();
     block_forks(&server, &cg);
     let before = cpu_time(server.pid);
@@ -228,23 +205,21 @@ fn failed_forks_during_a_reload_keep_the_master_idle_and_the_old_generation_serv
 #[test]
 fn term_stops_the_master_while_forks_keep_failing() {
     let Some(cg) = cgroup("term") else { return };
-    let mut server = Server::start_ready("graceful_timeout = 3", "", 2);
+    let mut server = Server::start_ready(binary!(), "graceful_timeout = 3", "", 2);
     block_forks(&server, &cg);
     server.signal(SIGHUP);
     signal(server.workers()[0], SIGKILL);
     wait_for(Duration::from_secs(5), "failed forks", || (server.master_logs(FORK_RETRY).len() >= 2).then_some(()));
-    let sent = Instant::now();
     server.signal(SIGTERM);
     let status = server.wait_exit(Duration::from_secs(3));
     assert_eq!(status.code(), Some(0));
-    assert!(sent.elapsed() <= Duration::from_secs(3));
 }
 
 // TERM arriving in the same loop turn as a worker's death: the replacement forked in that turn is told to
 // stop like its siblings, and the master exits at once (nothing is in flight).
 #[test]
 fn term_racing_a_worker_exit_stops_the_replacement_too() {
-    let mut server = Server::start_ready("graceful_timeout = 10", "", 2);
+    let mut server = Server::start_ready(binary!(), "graceful_timeout = 10", "", 2);
     let victim = server.workers()[0];
     server.signal(SIGSTOP);
     signal(victim, SIGKILL);
@@ -252,11 +227,9 @@ fn term_racing_a_worker_exit_stops_the_replacement_too() {
         stat(victim).is_some_and(|(s, _)| s == 'Z').then_some(())
     });
     server.signal(SIGTERM);
-    let sent = Instant::now();
     server.signal(SIGCONT);
     let status = server.wait_exit(Duration::from_secs(2));
     assert_eq!(status.code(), Some(0));
-    assert!(sent.elapsed() <= Duration::from_secs(2));
     assert!(
         server.master_logs("worker spawned").len() == 3,
         "the race happened: a replacement was forked before the stop"
@@ -277,7 +250,7 @@ fn out_of_range_settings_exit_2_naming_the_key() {
     for (var, value, key) in cases {
         for args in [&["check"][..], &[][..]] {
             let port = free_port();
-            let mut server = Server::start_with(port, &base_config(port), &[(var, value)], args);
+            let mut server = Server::start_with(binary!(), port, &base_config(port), &[(var, value)], args);
             let status = server.wait_exit(Duration::from_secs(10));
             assert_eq!(status.code(), Some(2), "{var}={value} {args:?}");
             let stderr = server.stderr.all().join("\n");

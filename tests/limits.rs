@@ -2,24 +2,12 @@
 //! contract, worker_connections bounding memory under slow clients, bounded body parsing, query values,
 //! forwarded_allow_ips ranges.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
-
-/// Sends raw bytes on a fresh connection and reads until the server closes it or `timeout` passes.
-fn raw(server: &Server, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(server.addr()).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let _ = stream.read_to_end(&mut out);
-    out
-}
+use test_support::*;
 
 fn status_of(response: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(response);
@@ -34,7 +22,7 @@ fn get_with(server: &Server, path: &str, headers: &[String]) -> Vec<u8> {
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    raw(server, head.as_bytes())
+    http_client::raw_exchange(server.addr(), head.as_bytes())
 }
 
 /// The JSON error body of a raw response, with its request id checked against the header.
@@ -54,7 +42,7 @@ fn headers(n: usize) -> Vec<String> {
 // refuses the head itself; each limit changed by the environment changes the outcome.
 #[test]
 fn request_head_limits_are_answered_in_the_contract_and_follow_the_settings() {
-    let server = Server::start_ready("", "", 2);
+    let server = Server::start_ready(binary!(), "", "", 2);
     let long_path = format!("/healthz?{}", "a".repeat(5 * 1024));
     let big_header = vec![format!("X-Big: {}", "b".repeat(9 * 1024))];
 
@@ -83,7 +71,7 @@ fn request_head_limits_are_answered_in_the_contract_and_follow_the_settings() {
         ("SUPERVISOR_LIMIT_REQUEST_FIELDS", "10"),
         ("SUPERVISOR_LIMIT_REQUEST_FIELD_SIZE", "16384"),
     ];
-    let relaxed = Server::start_with(port, &base_config(port), &env, &[]);
+    let relaxed = Server::start_with(binary!(), port, &base_config(port), &env, &[]);
     relaxed.wait_workers_ready(2);
     assert_eq!(status_of(&get_with(&relaxed, &long_path, &[])), 200, "a 5 KB line fits 8190");
     assert_eq!(status_of(&get_with(&relaxed, "/healthz", &big_header)), 200, "a 9 KB field fits 16384");
@@ -116,8 +104,12 @@ fn slow_heads_are_bounded_by_max_connections_and_closed_by_the_header_timeout() 
     const CLIENTS: usize = 3000;
     const PER_WORKER: usize = 500;
     raise_fd_limit(CLIENTS as u64 + 200);
-    let server =
-        Server::start_ready(&format!("keepalive = 2\nmax_connections = {PER_WORKER}"), "access_log = false", 2);
+    let server = Server::start_ready(
+        binary!(),
+        &format!("keepalive = 2\nmax_connections = {PER_WORKER}"),
+        "access_log = false",
+        2,
+    );
     let workers = server.workers();
     let before: u64 = workers.iter().map(|w| memory_kb(*w).0).sum();
     let head = format!("GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: {}\r\n", "s".repeat(8 * 1024));
@@ -169,7 +161,7 @@ fn slow_heads_are_bounded_by_max_connections_and_closed_by_the_header_timeout() 
 // Hostile item bodies are refused without building them: a small 422, a small peak in the worker's memory.
 #[test]
 fn hostile_bodies_get_a_small_422_at_a_small_memory_cost() {
-    let server = Server::start_ready("workers = 1", "", 1);
+    let server = Server::start_ready(binary!(), "workers = 1", "", 1);
     let worker = server.workers()[0];
     assert_eq!(get(server.addr(), "/healthz").unwrap().status, 200);
     let (_, peak_before) = memory_kb(worker);
@@ -194,7 +186,7 @@ fn hostile_bodies_get_a_small_422_at_a_small_memory_cost() {
 // An empty query value is invalid like any other.
 #[test]
 fn empty_query_values_are_422() {
-    let server = Server::start_ready("workers = 1", "", 1);
+    let server = Server::start_ready(binary!(), "workers = 1", "", 1);
     for path in ["/api/items?limit=", "/api/items?after="] {
         let r = get(server.addr(), path).unwrap();
         assert_eq!(r.status, 422, "{path}: {}", r.text());
@@ -215,7 +207,7 @@ fn forwarded_allow_ips_ranges_decide_whose_forwarded_for_is_trusted() {
     for (allow, expected) in
         [("[\"127.0.0.0/8\"]", "198.51.100.7"), ("[\"10.0.0.0/8\"]", "127.0.0.1"), ("\"*\"", "198.51.100.7")]
     {
-        let server = Server::start_ready("workers = 1", &format!("forwarded_allow_ips = {allow}"), 1);
+        let server = Server::start_ready(binary!(), "workers = 1", &format!("forwarded_allow_ips = {allow}"), 1);
         let id = format!("xff-{}", server.port);
         let headers = [format!("X-Request-ID: {id}"), "X-Forwarded-For: 198.51.100.7".to_string()];
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
@@ -223,7 +215,8 @@ fn forwarded_allow_ips_ranges_decide_whose_forwarded_for_is_trusted() {
         assert_eq!(logged_client(&server, &id), expected, "{allow}");
     }
     let port = free_port();
-    let mut server = Server::start_with(port, &base_config(port), &[("FORWARDED_ALLOW_IPS", "10.0.0.0/33")], &[]);
+    let mut server =
+        Server::start_with(binary!(), port, &base_config(port), &[("FORWARDED_ALLOW_IPS", "10.0.0.0/33")], &[]);
     assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(2));
     let stderr = server.stderr.all().join("\n");
     assert!(stderr.contains("`app.forwarded_allow_ips`") && stderr.contains("FORWARDED_ALLOW_IPS"), "{stderr}");

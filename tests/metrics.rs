@@ -1,12 +1,10 @@
 //! /metrics end to end: totals aggregated over every worker, surviving worker restarts, in a format that
 //! promtool accepts.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use test_support::*;
 
 /// Series -> value, from a text exposition.
 fn parse(text: &str) -> BTreeMap<String, f64> {
@@ -35,10 +33,10 @@ fn value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
     m.get(series).copied().unwrap_or(0.0)
 }
 
-// Acceptance 1 and 4: exact totals over all workers, the same from every worker; histogram consistent.
+// exact totals over all workers, the same from every worker; histogram consistent.
 #[test]
 fn every_scrape_reports_the_totals_of_all_workers() {
-    let server = Server::start_ready("workers = 3", "", 3);
+    let server = Server::start_ready(binary!(), "workers = 3", "", 3);
     for i in 0..3000 {
         let r = request(server.addr(), "GET", "/healthz", &[&format!("X-Request-ID: m-{i}")], b"").unwrap();
         assert_eq!(r.status, 200);
@@ -83,10 +81,10 @@ fn every_scrape_reports_the_totals_of_all_workers() {
     }
 }
 
-// Acceptance 2: counters survive a killed worker; restarts are counted with the right reason.
+// counters survive a killed worker; restarts are counted with the right reason.
 #[test]
 fn counters_survive_worker_restarts_and_name_the_reason() {
-    let server = Server::start_ready("timeout = 2", "", 2);
+    let server = Server::start_ready(binary!(), "timeout = 2", "", 2);
     for _ in 0..200 {
         get(server.addr(), "/healthz").unwrap();
     }
@@ -126,21 +124,22 @@ fn counters_survive_worker_restarts_and_name_the_reason() {
     assert_eq!(last["supervisor_worker_restarts_total{reason=\"killed\"}"], 1.0);
 }
 
-// Acceptance 3: promtool accepts the exposition.
+// promtool accepts the exposition.
 #[test]
 fn promtool_accepts_the_exposition() {
-    let server = Server::start_ready("", "", 2);
+    let promtool = &provision::tools().promtool;
+    let server = Server::start_ready(binary!(), "", "", 2);
     for path in ["/healthz", "/nope", "/readyz", "/debug/sleep?ms=5"] {
         get(server.addr(), path).unwrap();
     }
     let (text, _) = scrape(&server);
-    let mut child = std::process::Command::new("promtool")
+    let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool (Debian package `prometheus`) must be installed; .ci/run installs it");
+        .expect("running promtool");
     use std::io::Write;
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();

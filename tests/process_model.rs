@@ -1,22 +1,10 @@
 //! The prefork process model end to end: the real `supervisor` binary, real signals, real sockets.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-const SIGHUP: i32 = libc::SIGHUP;
-const SIGINT: i32 = libc::SIGINT;
-const SIGKILL: i32 = libc::SIGKILL;
-const SIGQUIT: i32 = libc::SIGQUIT;
-const SIGSTOP: i32 = libc::SIGSTOP;
-const SIGTERM: i32 = libc::SIGTERM;
-const SIGTTIN: i32 = libc::SIGTTIN;
-const SIGTTOU: i32 = libc::SIGTTOU;
-const SIGUSR2: i32 = libc::SIGUSR2;
-const SIGCONT: i32 = libc::SIGCONT;
+use libc::{SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGSTOP, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR2};
+use test_support::*;
 
 /// Sends requests with distinct ids on fresh connections until `n` distinct worker pids have answered.
 fn pids_answering(server: &Server, n: usize) -> BTreeSet<i32> {
@@ -34,10 +22,10 @@ fn pids_answering(server: &Server, n: usize) -> BTreeSet<i32> {
     panic!("only {} of {n} workers answered: {seen:?}", seen.len());
 }
 
-// Acceptance 1: N workers share one listening socket and all of them serve.
+// N workers share one listening socket and all of them serve.
 #[test]
 fn workers_share_one_listening_socket_and_all_serve() {
-    let server = Server::start_ready("workers = 3", "", 3);
+    let server = Server::start_ready(binary!(), "workers = 3", "", 3);
     let workers = server.workers();
     assert_eq!(workers.len(), 3);
     let master_inodes = listening_inodes(server.pid, server.port);
@@ -49,10 +37,10 @@ fn workers_share_one_listening_socket_and_all_serve() {
     assert_eq!(answered, workers.iter().copied().collect());
 }
 
-// Acceptance 3: a worker killed from outside is replaced quickly, the kill is named, siblings keep serving.
+// a worker killed from outside is replaced quickly, the kill is named, siblings keep serving.
 #[test]
 fn an_outside_sigkill_is_named_and_the_worker_replaced() {
-    let server = Server::start_ready("", "", 2);
+    let server = Server::start_ready(binary!(), "", "", 2);
     let initial = server.workers();
     let victim = initial[0];
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -94,15 +82,14 @@ fn an_outside_sigkill_is_named_and_the_worker_replaced() {
 }
 
 // A burst of connections spreads over the workers instead of piling onto whichever worker runs first: a worker
-// holding more than its share leaves the next connections to its siblings, waiting at most 10 ms for them. (SPEC
-// section 2: workers share the listening socket; the skew would otherwise show as tail latency on the crowded
-// worker.)
+// holding more than its share leaves the next connections to its siblings, waiting at most 10 ms for them (the
+// workers share the listening socket; the skew would otherwise show as tail latency on the crowded worker).
 #[test]
 fn a_burst_of_connections_spreads_over_the_workers() {
     const BURST: usize = 40;
     const ATTEMPTS: u32 = 5;
     for attempt in 1..=ATTEMPTS {
-        let server = Server::start_ready("workers = 2", "", 2);
+        let server = Server::start_ready(binary!(), "workers = 2", "", 2);
         let workers = server.workers();
         let (first, second) = (workers[0], workers[1]);
         // Accepted connections, counted as socket descriptors beyond the listener's (cheap to poll).
@@ -145,11 +132,11 @@ fn a_burst_of_connections_spreads_over_the_workers() {
     }
 }
 
-// Acceptance 4: a stopped worker is killed after `timeout` of heartbeat silence, never before: the master allows
+// a stopped worker is killed after `timeout` of heartbeat silence, never before: the master allows
 // one heartbeat interval (timeout/4) on top, since the worker may have stopped just before its next stamp.
 #[test]
 fn a_silent_worker_is_killed_after_timeout_and_replaced() {
-    let server = Server::start_ready("timeout = 2", "", 2);
+    let server = Server::start_ready(binary!(), "timeout = 2", "", 2);
     let victim = server.workers()[0];
     let stopped_at = Instant::now();
     signal(victim, SIGSTOP);
@@ -166,10 +153,10 @@ fn a_silent_worker_is_killed_after_timeout_and_replaced() {
     server.wait_workers_ready(2);
 }
 
-// Acceptance 4, second part: a request that blocks the runtime thread is named in the timeout log.
+// a request that blocks the runtime thread is named in the timeout log.
 #[test]
 fn a_request_blocking_the_runtime_is_named_when_its_worker_times_out() {
-    let server = Server::start_ready("timeout = 2\nworkers = 1", "", 1);
+    let server = Server::start_ready(binary!(), "timeout = 2\nworkers = 1", "", 1);
     let victim = server.workers()[0];
     let addr = server.addr();
     let blocked =
@@ -189,10 +176,10 @@ fn a_request_blocking_the_runtime_is_named_when_its_worker_times_out() {
     assert_eq!(get(server.addr(), "/healthz").unwrap().status, 200);
 }
 
-// Acceptance 5: TERM drains: in-flight requests finish, idle keep-alive connections close, the master exits 0.
+// TERM drains: in-flight requests finish, idle keep-alive connections close, the master exits 0.
 #[test]
 fn term_finishes_in_flight_requests_and_closes_idle_connections() {
-    let mut server = Server::start_ready("workers = 1", "", 1);
+    let mut server = Server::start_ready(binary!(), "workers = 1", "", 1);
     let mut idle = Conn::open(server.addr()).unwrap();
     assert_eq!(idle.get("/healthz").unwrap().status, 200);
     let addr = server.addr();
@@ -209,10 +196,10 @@ fn term_finishes_in_flight_requests_and_closes_idle_connections() {
     assert!(std::net::TcpStream::connect(addr).is_err(), "nothing accepts after the drain");
 }
 
-// Acceptance 5, second part: a request longer than graceful_timeout is killed at the deadline and named.
+// a request longer than graceful_timeout is killed at the deadline and named.
 #[test]
 fn term_kills_stragglers_at_graceful_timeout_and_names_them() {
-    let mut server = Server::start_ready("workers = 1\ngraceful_timeout = 1", "", 1);
+    let mut server = Server::start_ready(binary!(), "workers = 1\ngraceful_timeout = 1", "", 1);
     let addr = server.addr();
     let slow =
         std::thread::spawn(move || request(addr, "GET", "/debug/sleep?ms=8000", &["X-Request-ID: straggler-7"], b""));
@@ -230,11 +217,11 @@ fn term_kills_stragglers_at_graceful_timeout_and_names_them() {
     assert!(slow.join().unwrap().is_err());
 }
 
-// Acceptance 6: INT and QUIT stop everything at once.
+// INT and QUIT stop everything at once.
 #[test]
 fn int_and_quit_stop_master_and_workers_at_once() {
     for sig in [SIGINT, SIGQUIT] {
-        let mut server = Server::start_ready("", "", 2);
+        let mut server = Server::start_ready(binary!(), "", "", 2);
         let workers = server.workers();
         let addr = server.addr();
         let _busy = std::thread::spawn(move || request(addr, "GET", "/debug/sleep?ms=10000", &[], b""));
@@ -247,10 +234,10 @@ fn int_and_quit_stop_master_and_workers_at_once() {
     }
 }
 
-// Acceptance 7: TTIN and TTOU change the worker count; the retired worker drains; never below one.
+// TTIN and TTOU change the worker count; the retired worker drains; never below one.
 #[test]
 fn ttin_and_ttou_scale_the_workers() {
-    let server = Server::start_ready("workers = 3", "", 3);
+    let server = Server::start_ready(binary!(), "workers = 3", "", 3);
     server.signal(SIGTTIN);
     server.signal_after_log(SIGTTIN, "worker count increased", 1);
     wait_for(Duration::from_secs(10), "5 workers", || (server.workers().len() == 5).then_some(()));
@@ -262,26 +249,17 @@ fn ttin_and_ttou_scale_the_workers() {
     wait_for(Duration::from_secs(5), "4 workers", || (server.workers().len() == 4).then_some(()));
     assert!(!server.workers().contains(&retired));
 
-    let small = Server::start_ready("workers = 1", "", 1);
+    let small = Server::start_ready(binary!(), "workers = 1", "", 1);
     let only = small.workers();
     small.signal(SIGTTOU);
     small.wait_log(Duration::from_secs(5), "TTOU refused", |l| field(l, "msg").contains("minimum of 1"));
     assert_eq!(small.workers(), only);
 }
 
-impl Server {
-    /// Sends `sig` once the master has logged `msg` at least `count` times (orders two signals that the
-    /// kernel would otherwise merge).
-    fn signal_after_log(&self, sig: i32, msg: &str, count: usize) {
-        wait_for(Duration::from_secs(5), msg, || (self.master_logs(msg).len() >= count).then_some(()));
-        self.signal(sig);
-    }
-}
-
-// Acceptance 8: if the master dies, its workers follow and the port is freed.
+// if the master dies, its workers follow and the port is freed.
 #[test]
 fn workers_exit_when_the_master_is_killed() {
-    let mut server = Server::start_ready("", "", 2);
+    let mut server = Server::start_ready(binary!(), "", "", 2);
     let workers = server.workers();
     server.signal(SIGKILL);
     server.wait_exit(Duration::from_secs(2));
@@ -289,10 +267,10 @@ fn workers_exit_when_the_master_is_killed() {
     wait_for(Duration::from_secs(2), "the port free", || std::net::TcpListener::bind(server.addr()).ok());
 }
 
-// Acceptance 9: master-only signals sent to a worker by accident do not kill it.
+// master-only signals sent to a worker by accident do not kill it.
 #[test]
 fn workers_ignore_master_only_signals() {
-    let server = Server::start_ready("workers = 1", "", 1);
+    let server = Server::start_ready(binary!(), "workers = 1", "", 1);
     let worker = server.workers()[0];
     let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
     let ignored = status
@@ -311,7 +289,7 @@ fn workers_ignore_master_only_signals() {
     assert!(server.master_logs("worker exited unexpectedly").is_empty());
 }
 
-// Acceptance 10: boot failures: at startup the master exits 3 with the cause; later, crash loops back off.
+// boot failures: at startup the master exits 3 with the cause; later, crash loops back off.
 #[test]
 fn a_worker_that_cannot_boot_at_startup_makes_the_master_exit_3() {
     let port = free_port();
@@ -319,7 +297,7 @@ fn a_worker_that_cannot_boot_at_startup_makes_the_master_exit_3() {
     let flag = dir.join("fail-boot");
     std::fs::write(&flag, "").unwrap();
     let config = format!("{}debug_fail_boot_file = {:?}\n", base_config(port), flag.display().to_string());
-    let mut server = Server::start_with(port, &config, &[], &[]);
+    let mut server = Server::start_with(binary!(), port, &config, &[], &[]);
     let status = server.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(3));
     let cause = server
@@ -338,7 +316,7 @@ fn a_crash_loop_backs_off_while_siblings_serve() {
     let dir = TempDir::new("crashloop");
     let flag = dir.join("fail-boot");
     let config = format!("{}debug_fail_boot_file = {:?}\n", base_config(port), flag.display().to_string());
-    let server = Server::start_with(port, &config, &[], &[]);
+    let server = Server::start_with(binary!(), port, &config, &[], &[]);
     let first = server.wait_workers_ready(2);
     std::fs::write(&flag, "").unwrap();
     signal(first[0], SIGKILL);
@@ -360,10 +338,10 @@ fn a_crash_loop_backs_off_while_siblings_serve() {
     server.wait_workers_ready(2);
 }
 
-// Acceptance 11: idle keep-alive connections close after `keepalive`; keepalive = 0 disables keep-alive.
+// idle keep-alive connections close after `keepalive`; keepalive = 0 disables keep-alive.
 #[test]
 fn idle_keepalive_connections_close_after_keepalive_seconds() {
-    let server = Server::start_ready("keepalive = 1", "", 2);
+    let server = Server::start_ready(binary!(), "keepalive = 1", "", 2);
     let mut conn = Conn::open(server.addr()).unwrap();
     let r = conn.get("/healthz").unwrap();
     assert_eq!(r.status, 200);
@@ -371,7 +349,7 @@ fn idle_keepalive_connections_close_after_keepalive_seconds() {
     let idle = conn.wait_closed(Duration::from_secs(5));
     assert!(idle >= Duration::from_millis(800), "closed after {idle:?}, before the keep-alive timeout");
 
-    let off = Server::start_ready("keepalive = 0", "", 2);
+    let off = Server::start_ready(binary!(), "keepalive = 0", "", 2);
     let mut conn = Conn::open(off.addr()).unwrap();
     let r = conn.get("/healthz").unwrap();
     assert_eq!(r.header("connection"), Some("close"));
@@ -380,7 +358,7 @@ fn idle_keepalive_connections_close_after_keepalive_seconds() {
 // A client that never sends a byte, or never finishes its headers, is dropped (no slowloris).
 #[test]
 fn clients_that_never_finish_their_headers_are_dropped() {
-    let server = Server::start_ready("keepalive = 1", "", 2);
+    let server = Server::start_ready(binary!(), "keepalive = 1", "", 2);
     let mut silent = Conn::open(server.addr()).unwrap();
     let mut partial = Conn::open(server.addr()).unwrap();
     use std::io::Write;
@@ -389,13 +367,13 @@ fn clients_that_never_finish_their_headers_are_dropped() {
     partial.wait_closed(Duration::from_secs(5));
 }
 
-// Acceptance 2 (binary side): `check` shows each value's source; bad keys and values exit 2 naming the key.
+// `check` shows each value's source; bad keys and values exit 2 naming the key.
 #[test]
 fn check_reports_sources_and_rejects_bad_config() {
     let dir = TempDir::new("check");
     let path = dir.join("s.toml");
     std::fs::write(&path, "timeout = 10\nkeepalive = 3\nworkers = 2\n").unwrap();
-    let out = std::process::Command::new(binary())
+    let out = std::process::Command::new(binary!())
         .args(["check", "--config"])
         .arg(&path)
         .args(["--timeout", "30"])
@@ -413,20 +391,20 @@ fn check_reports_sources_and_rejects_bad_config() {
 
     for (body, key) in [("timeout = -5\n", "`timeout`"), ("workerz = 2\n", "`workerz`")] {
         std::fs::write(&path, body).unwrap();
-        let out = std::process::Command::new(binary()).args(["check", "--config"]).arg(&path).output().unwrap();
+        let out = std::process::Command::new(binary!()).args(["check", "--config"]).arg(&path).output().unwrap();
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key) && err.contains(&path.display().to_string()), "{err}");
     }
     // The same rejection stops `serve` before anything is bound.
-    let out = std::process::Command::new(binary()).args(["--config"]).arg(&path).output().unwrap();
+    let out = std::process::Command::new(binary!()).args(["--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
 // The startup log names every effective setting and its source.
 #[test]
 fn startup_logs_effective_settings_with_sources() {
-    let server = Server::start_ready("", "", 2);
+    let server = Server::start_ready(binary!(), "", "", 2);
     let line = server.master_logs("effective settings").pop().expect("settings line");
     let settings = field(&line, "settings");
     assert!(settings.contains("workers=2 (file"), "{settings}");
@@ -441,7 +419,7 @@ fn usr1_reopens_the_log_file_in_master_and_workers() {
     let dir = TempDir::new("logfile");
     let log = dir.join("server.log");
     let config = config_with(port, &format!("log_file = {:?}", log.display().to_string()), "");
-    let server = Server::start_with(port, &config, &[], &[]);
+    let server = Server::start_with(binary!(), port, &config, &[], &[]);
     let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     };

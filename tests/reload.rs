@@ -1,13 +1,10 @@
 //! Zero-downtime operations end to end: HUP generation switches and max_requests recycling, under load.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
-
-const SIGHUP: i32 = libc::SIGHUP;
+use libc::SIGHUP;
+use test_support::*;
 
 /// Worker pid -> generation, from the master's "worker spawned" lines.
 fn generations(server: &Server) -> BTreeMap<i32, u64> {
@@ -46,7 +43,7 @@ fn reload(server: &Server, outcome: &str) -> serde_json::Value {
 
 /// Asserts a HUP under load switches every worker with no failed request.
 fn hup_under_load(top: &str, app: &str) {
-    let server = Server::start_ready(top, app, 2);
+    let server = Server::start_ready(binary!(), top, app, 2);
     let old: BTreeSet<i32> = server.workers().into_iter().collect();
     let load = Load::start(server.addr(), "/healthz", 16, 4);
     wait_served(&server, 300);
@@ -71,22 +68,22 @@ fn hup_under_load(top: &str, app: &str) {
     assert!(min_ready_after_startup(&server, 2) >= 2, "never fewer ready workers than configured");
 }
 
-// Acceptance 1: HUP under continuous load (keep-alive and fresh connections): no failure, all pids change.
+// HUP under continuous load (keep-alive and fresh connections): no failure, all pids change.
 #[test]
 fn hup_switches_generations_under_load_without_failures() {
     hup_under_load("", "");
 }
 
-// Acceptance 2: the same with workers that take a second to boot.
+// the same with workers that take a second to boot.
 #[test]
 fn hup_with_slow_booting_workers_loses_nothing() {
     hup_under_load("", "debug_boot_delay = 1");
 }
 
-// Acceptance 3: a new generation that cannot boot is killed; the old one keeps serving; a later HUP works.
+// a new generation that cannot boot is killed; the old one keeps serving; a later HUP works.
 #[test]
 fn a_reload_whose_workers_cannot_boot_is_aborted_and_the_old_generation_serves() {
-    let server = Server::start_ready("", "", 2);
+    let server = Server::start_ready(binary!(), "", "", 2);
     let old: BTreeSet<i32> = server.workers().into_iter().collect();
     let flag = server.dir.join("fail-boot");
     std::fs::write(&flag, "").unwrap();
@@ -108,10 +105,10 @@ fn a_reload_whose_workers_cannot_boot_is_aborted_and_the_old_generation_serves()
     wait_for(Duration::from_secs(15), "old workers gone", || old.iter().all(|p| !alive(*p)).then_some(()));
 }
 
-// Acceptance 4: invalid TOML changes nothing and forks nothing.
+// invalid TOML changes nothing and forks nothing.
 #[test]
 fn a_reload_with_invalid_toml_changes_nothing() {
-    let server = Server::start_ready("", "", 2);
+    let server = Server::start_ready(binary!(), "", "", 2);
     let before = server.workers();
     let spawned = server.master_logs("worker spawned").len();
     std::fs::write(&server.config, "workers = [\n").unwrap();
@@ -122,10 +119,10 @@ fn a_reload_with_invalid_toml_changes_nothing() {
     assert_eq!(get(server.addr(), "/healthz").unwrap().status, 200);
 }
 
-// Acceptance 5: a reload applies new settings: worker count and keepalive.
+// a reload applies new settings: worker count and keepalive.
 #[test]
 fn a_reload_applies_the_new_worker_count_and_keepalive() {
-    let server = Server::start_ready("keepalive = 5", "", 2);
+    let server = Server::start_ready(binary!(), "keepalive = 5", "", 2);
     rewrite(&server, "workers = 4\nkeepalive = 1", "");
     reload(&server, "reload complete");
     wait_for(Duration::from_secs(15), "4 workers of generation 2", || {
@@ -139,11 +136,11 @@ fn a_reload_applies_the_new_worker_count_and_keepalive() {
     assert!(idle >= Duration::from_millis(800) && idle < Duration::from_secs(4), "new keepalive applies: {idle:?}");
 }
 
-// Acceptance 6: a burst of HUPs coalesces; the end state is one generation of the configured size.
+// a burst of HUPs coalesces; the end state is one generation of the configured size.
 #[test]
 fn a_burst_of_hups_settles_on_one_newest_generation() {
     // Boots take 0.3 s so that most HUPs of the burst arrive while a reload is in progress.
-    let server = Server::start_ready("", "debug_boot_delay = 0.3", 2);
+    let server = Server::start_ready(binary!(), "", "debug_boot_delay = 0.3", 2);
     for _ in 0..10 {
         server.signal(SIGHUP);
         std::thread::sleep(Duration::from_millis(90)); // spread the burst over ~1 s, as an operator would
@@ -177,7 +174,7 @@ fn a_burst_of_hups_settles_on_one_newest_generation() {
 // max_requests + jitter recycles workers one at a time with no failure and no capacity dip.
 #[test]
 fn max_requests_recycles_workers_without_failures() {
-    let server = Server::start_ready("workers = 3\nmax_requests = 50\nmax_requests_jitter = 20", "", 3);
+    let server = Server::start_ready(binary!(), "workers = 3\nmax_requests = 50\nmax_requests_jitter = 20", "", 3);
     let mut failures = Vec::new();
     for i in 0..2000 {
         match request(server.addr(), "GET", "/healthz", &[&format!("X-Request-ID: mr-{i}")], b"") {

@@ -1,13 +1,11 @@
 //! systemd integration end to end: socket activation through a fake activator, and the notification
 //! protocol on a test NOTIFY_SOCKET.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use test_support::*;
 
 /// Receives the next notification, or panics after `timeout`.
 fn next_message(socket: &UnixDatagram, timeout: Duration) -> String {
@@ -17,7 +15,7 @@ fn next_message(socket: &UnixDatagram, timeout: Duration) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-// Acceptance 8: serves on the activated socket without binding; notifications arrive in order.
+// serves on the activated socket without binding; notifications arrive in order.
 #[test]
 fn socket_activation_and_notifications() {
     let activated = free_port();
@@ -41,8 +39,8 @@ fn socket_activation_and_notifications() {
     let config = config_with(configured, "", "");
     let notify_env = notify_path.display().to_string();
     let mut server = Server::launch(activated, &config, &[("NOTIFY_SOCKET", &notify_env)], |path| {
-        let mut cmd = Command::new("python3");
-        cmd.arg("-c").arg(&activator).arg(binary()).arg("--config").arg(path);
+        let mut cmd = Command::new(&provision::tools().python3);
+        cmd.arg("-c").arg(&activator).arg(binary!()).arg("--config").arg(path);
         cmd
     });
     server.wait_workers_ready(2);
@@ -74,6 +72,7 @@ fn the_watchdog_is_fed() {
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let notify_env = notify_path.display().to_string();
     let server = Server::start_with(
+        binary!(),
         port,
         &base_config(port),
         &[("NOTIFY_SOCKET", &notify_env), ("WATCHDOG_USEC", "400000")],

@@ -1,18 +1,16 @@
 //! Binary upgrade (USR2) end to end: a new master takes over the listening socket under load; a broken new
 //! binary leaves the old master serving.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use test_support::*;
 
 /// A copy of the binary that the test can replace on disk, like a deploy does.
 fn copy_binary(dir: &Path) -> PathBuf {
     let path = dir.join("supervisor");
-    std::fs::copy(binary(), &path).unwrap();
+    std::fs::copy(binary!(), &path).unwrap();
     path
 }
 
@@ -49,7 +47,7 @@ fn start(bin: &Path, top: &str) -> Server {
     server
 }
 
-// Acceptance 9: USR2 under load: no failed request, same socket, the old master exits, pidfile handed over.
+// USR2 under load: no failed request, same socket, the old master exits, pidfile handed over.
 #[test]
 fn usr2_hands_the_socket_to_a_new_master_under_load() {
     let dir = TempDir::new("upgrade");
@@ -60,7 +58,7 @@ fn usr2_hands_the_socket_to_a_new_master_under_load() {
     let inode = listening_inodes(old_master, server.port);
     assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), old_master.to_string());
     // A deploy puts the new binary in place (here: the same build, as a new file).
-    replace_file(&bin, &std::fs::read(binary()).unwrap());
+    replace_file(&bin, &std::fs::read(binary!()).unwrap());
 
     let load = Load::start(server.addr(), "/healthz", 16, 4);
     server.signal(libc::SIGUSR2);
@@ -86,7 +84,7 @@ fn usr2_hands_the_socket_to_a_new_master_under_load() {
     assert_eq!(get(server.addr(), "/healthz").unwrap().status, 200);
 }
 
-// Acceptance 9: a new binary that fails to start leaves the old master serving, and says why.
+// a new binary that fails to start leaves the old master serving, and says why.
 #[test]
 fn a_broken_new_binary_leaves_the_old_master_serving() {
     let dir = TempDir::new("upgrade-broken");

@@ -318,14 +318,11 @@ impl Drop for Conn {
     }
 }
 
-/// The throwaway PostgreSQL of the workspace's tests.
-#[cfg(test)]
-#[path = "../../tests/common/pg.rs"]
-mod pg;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use test_support::pg;
 
     /// Every pooled connection runs with the configured limits, and the server holds them to them.
     #[tokio::test]

@@ -1,15 +1,16 @@
-//! The HTTP contract of SPEC section 6 against the app served in-process with a real PostgreSQL: every error
-//! code, request ids, panics, deadlines, CORS and the items resource (issue 4, acceptance 1, 2, 6, 7, 8).
+//! The HTTP contract (docs/http-api.md) against the app served in-process with a real PostgreSQL: every error
+//! code, request ids, panics, deadlines, CORS and the items resource.
 
 mod support;
 
 use std::time::Duration;
 
-use support::app_checks::*;
-use support::http_client::get;
-use support::pg::{PgServer, free_port};
 use support::server::TestServer;
 use support::{config, migrate};
+use test_support::app_checks::*;
+use test_support::http_client::get;
+use test_support::pg::PgServer;
+use test_support::{TempDir, free_port};
 
 const ALLOWED_ORIGIN: &str = "https://app.example.com";
 
@@ -74,8 +75,7 @@ fn debug_routes_exist_only_when_enabled() {
 
 #[test]
 fn boot_fails_while_the_debug_fail_file_exists() {
-    let dir = std::env::temp_dir().join(format!("app-boot-fail-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("app-boot-fail");
     let file = dir.join("fail-boot");
     let mut config = config(None);
     config.debug_fail_boot_file = Some(file.clone());
@@ -84,5 +84,4 @@ fn boot_fails_while_the_debug_fail_file_exists() {
     std::fs::write(&file, b"").unwrap();
     let err = TestServer::try_start(config).err().expect("boot must fail while the file exists");
     assert!(err.to_string().contains(&file.display().to_string()), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

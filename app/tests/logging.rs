@@ -1,5 +1,5 @@
 //! What the app logs, captured at TRACE level: one access line per request with the request id, the request
-//! span on every line logged inside a request, and never the database password (issue 4, acceptance 2, 9).
+//! span on every line logged inside a request, and never the database password.
 //!
 //! The subscriber is process-global, so this file holds a single test.
 
@@ -10,11 +10,11 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
-use support::app_checks::{assert_error, create_item};
-use support::http_client::{get, get_with, post_json};
-use support::pg::{PgOptions, PgServer};
 use support::server::TestServer;
 use support::{config, migrate};
+use test_support::app_checks::{assert_error, create_item};
+use test_support::http_client::{get, get_with, post_json};
+use test_support::pg::{PgOptions, PgServer};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};

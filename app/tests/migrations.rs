@@ -1,10 +1,10 @@
 //! `migrate` against a real PostgreSQL: concurrent runs serialise on the advisory lock, the schema is applied
-//! once, and later runs apply nothing (issue 4, acceptance 5).
+//! once, and later runs apply nothing.
 
 mod support;
 
 use support::config;
-use support::pg::{Blackhole, PgServer};
+use test_support::pg::{Blackhole, PgServer};
 
 #[test]
 fn concurrent_migrators_both_succeed_and_apply_once() {
@@ -48,7 +48,7 @@ fn concurrent_migrators_both_succeed_and_apply_once() {
     assert_eq!(rollback.schema_version, Some(9999));
     assert!(rollback.to_string().contains("newer than this build"), "{rollback}");
     let server = support::server::TestServer::start(config.clone());
-    support::app_checks::check_readyz_ready(&server.base);
+    test_support::app_checks::check_readyz_ready(&server.base);
     drop(server);
 
     // A gap or an edited migration is still refused.

@@ -1,23 +1,24 @@
 //! `/readyz` against a real PostgreSQL that is stopped, unmigrated, or swallowing packets, and under a probe
-//! storm (issue 4, acceptance 3 and 4).
+//! storm.
 
 mod support;
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use support::app_checks::{check_readyz_not_ready, check_readyz_ready};
-use support::http_client::get;
-use support::pg::{Blackhole, PgOptions, PgServer};
 use support::server::TestServer;
-use support::{config, migrate, poll_until};
+use support::{config, migrate};
+use test_support::app_checks::{check_readyz_not_ready, check_readyz_ready};
+use test_support::http_client::get;
+use test_support::pg::{Blackhole, PgOptions, PgServer};
+use test_support::wait_for;
 
-/// Acceptance: every probe is answered within this, whatever the database does.
+/// every probe is answered within this, whatever the database does.
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Polls `/readyz` until it answers `status`, checking that every probe answers within [`PROBE_DEADLINE`].
 fn wait_for_readyz(base: &str, status: u16, within: Duration) {
-    poll_until(within, &format!("/readyz to answer {status}"), || {
+    wait_for(within, &format!("/readyz to answer {status}"), || {
         let started = Instant::now();
         let resp = get(base, "/readyz");
         assert!(started.elapsed() < PROBE_DEADLINE, "/readyz took {:?}", started.elapsed());

@@ -228,32 +228,26 @@ fn term_drains_then_kills_stragglers_at_the_deadline_and_exits_0() {
 
 #[test]
 fn a_worker_forked_as_a_stop_begins_is_stopped_too() {
-    // The race: a worker dies, its replacement is forked in the same turn as TERM arrives.
-    let mut h = Harness::running();
-    let board = FakeBoard::default();
-    let victim = h.pids()[0];
-    let actions = h.state.handle(Event::Exited { pid: victim, how: SIGKILL }, h.now, &board);
-    let Some(&Action::Spawn { slot, .. }) = actions.iter().find(|a| matches!(a, Action::Spawn { .. })) else {
-        panic!("a replacement: {actions:?}")
+    // The race: a worker dies, its replacement is forked, and the stop arrives before the fork's result.
+    let race = |stop: Sig| {
+        let mut h = Harness::running();
+        let board = FakeBoard::default();
+        let victim = h.pids()[0];
+        let actions = h.state.handle(Event::Exited { pid: victim, how: SIGKILL }, h.now, &board);
+        let Some(&Action::Spawn { slot, .. }) = actions.iter().find(|a| matches!(a, Action::Spawn { .. })) else {
+            panic!("a replacement: {actions:?}")
+        };
+        h.state.handle(Event::Signal(stop), h.now, &board);
+        let told = kills(&h.state.handle(Event::Spawned { slot, pid: 999 }, h.now, &board));
+        (h, told)
     };
-    h.state.handle(Event::Signal(Sig::Term), h.now, &board);
-    let actions = h.state.handle(Event::Spawned { slot, pid: 999 }, h.now, &board);
-    assert_eq!(kills(&actions), [(999, Signal::SIGTERM)]);
+    let (mut h, told) = race(Sig::Term);
+    assert_eq!(told, [(999, Signal::SIGTERM)]);
     for pid in h.pids() {
         h.exit(pid, ExitHow::Code(0));
     }
     assert_eq!(h.exit, Some(EXIT_OK), "nothing left to wait for");
-
-    // The same during a fast stop.
-    let mut h = Harness::running();
-    let victim = h.pids()[0];
-    let actions = h.state.handle(Event::Exited { pid: victim, how: SIGKILL }, h.now, &board);
-    let Some(&Action::Spawn { slot, .. }) = actions.iter().find(|a| matches!(a, Action::Spawn { .. })) else {
-        panic!("a replacement: {actions:?}")
-    };
-    h.state.handle(Event::Signal(Sig::Int), h.now, &board);
-    let actions = h.state.handle(Event::Spawned { slot, pid: 999 }, h.now, &board);
-    assert_eq!(kills(&actions), [(999, Signal::SIGQUIT)]);
+    assert_eq!(race(Sig::Int).1, [(999, Signal::SIGQUIT)], "the same during a fast stop");
 }
 
 #[test]

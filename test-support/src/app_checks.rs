@@ -1,16 +1,12 @@
-//! HTTP assertions on the app's contract (SPEC section 6), each taking the base URL of a running server, so
-//! the same checks run against the app served in-process and against the real `supervisor` binary.
-//!
-//! Include next to the client: `#[path = ".../http_client.rs"] mod http_client;` and
-//! `#[path = ".../app_checks.rs"] mod app_checks;` in the same parent module.
-//! Checks that create items never assume an empty table, so they can share a database.
-#![allow(dead_code)]
+//! HTTP assertions on the app's contract (docs/http-api.md), each taking the base URL of a running server, so
+//! the same checks run against the app served in-process, against the real `supervisor` binary and through
+//! the edge. Checks that create items never assume an empty table, so they can share a database.
 
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use super::http_client::{HttpResponse, get, get_with, post_json, send};
+use crate::http_client::{HttpResponse, get, get_with, post_json, send};
 
 /// Asserts the error contract: status, JSON content type, exactly the four keys, the code, and
 /// `request_id` equal to the `X-Request-ID` header. Returns the body.
@@ -120,7 +116,7 @@ pub fn check_malformed_json(base: &str) {
     }
 }
 
-/// 422 with per-field details for each invalid payload of the acceptance list.
+/// 422 with per-field details for each kind of invalid payload.
 pub fn check_validation_errors(base: &str) {
     let cases = [
         (json!({"name": "", "quantity": 1}), "name"),

@@ -7,19 +7,20 @@
 //!   `mime.types`, `snippets/`, rendered `edge.d/`), with the site, logs, pid file and every temp path under
 //!   the test's own temporary directory, and runs `nginx -p DIR -c DIR/conf/nginx.conf -g 'daemon off; ...'`.
 //!   Drop stops it by pid (SIGTERM, then SIGKILL of the master and its workers after a deadline).
-//! - The binary is `$NGINX_BIN` or `/usr/sbin/nginx`; a missing one is a panic that says what to install.
-#![allow(dead_code)]
+//! - The binary is `$NGINX_BIN` or Debian's `/usr/sbin/nginx`, found or installed by [`crate::provision`];
+//!   `openssl` (for the TLS variant's certificate and client) likewise.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{TempDir, alive, children, free_port, signal, wait_for};
+use crate::process::{alive, children, signal};
+use crate::{POLL_INTERVAL, TempDir, free_port, poll, provision, wait_for, workspace_root};
 
 /// Only variables with this prefix are substituted, like `NGINX_ENVSUBST_FILTER=^EDGE_` in the image.
 pub const PREFIX: &str = "EDGE_";
@@ -32,7 +33,7 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// `conf/nginx` in the source tree.
 pub fn conf_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conf/nginx")
+    workspace_root().join("conf/nginx")
 }
 
 /// The shipped defaults, `conf/nginx/edge.env` (`NAME=value` lines; `#` comments).
@@ -171,17 +172,6 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// The nginx binary.
-pub fn nginx_bin() -> PathBuf {
-    let bin = std::env::var_os("NGINX_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
-    assert!(
-        bin.is_file(),
-        "nginx not found at {} (set NGINX_BIN). Install it: `apt-get install -y nginx-light` (Debian/Ubuntu)",
-        bin.display()
-    );
-    bin
-}
-
 /// What to run nginx with besides the shipped defaults.
 #[derive(Clone, Debug, Default)]
 pub struct EdgeOptions {
@@ -231,7 +221,7 @@ impl Nginx {
 
     /// Like [`Nginx::start`], but a rendering failure is returned (and nginx is never started).
     pub fn try_start(upstream: &str, options: EdgeOptions) -> Result<Nginx, String> {
-        let bin = nginx_bin();
+        let bin = &provision::tools().nginx;
         let dir = TempDir::new("edge");
         let port = free_port();
         let conf = dir.join("conf");
@@ -285,7 +275,7 @@ impl Nginx {
 
         let stderr = fs::File::create(dir.join("logs/stderr.log")).expect("creating stderr.log");
         let globals = format!("daemon off; pid {}; error_log {} notice;", local("nginx.pid"), local("logs/error.log"));
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .arg("-p")
             .arg(format!("{}/", dir.path().display()))
             .arg("-e")
@@ -307,21 +297,20 @@ impl Nginx {
 
     fn wait_listening(&mut self) {
         let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
+        let up = poll(START_DEADLINE, POLL_INTERVAL, || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("polling nginx")) {
                 self.child = None;
                 panic!("nginx exited during startup ({status}):\n{}\n{}", self.stderr(), self.error_log());
             }
-            let up = ports.iter().all(|p| {
-                TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], *p)), Duration::from_millis(200)).is_ok()
-            });
-            if up {
-                return;
-            }
-            assert!(Instant::now() < deadline, "nginx did not listen within {START_DEADLINE:?}:\n{}", self.error_log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            ports
+                .iter()
+                .all(|p| {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], *p));
+                    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                })
+                .then_some(())
+        });
+        assert!(up.is_some(), "nginx did not listen within {START_DEADLINE:?}:\n{}", self.error_log());
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -368,14 +357,7 @@ impl Nginx {
         let Some(mut child) = self.child.take() else { return };
         let workers = children(self.pid);
         signal(self.pid, libc::SIGTERM);
-        let deadline = Instant::now() + STOP_DEADLINE;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if child.try_wait().ok().flatten().is_none() {
+        if poll(STOP_DEADLINE, POLL_INTERVAL, || child.try_wait().ok().flatten()).is_none() {
             signal(self.pid, libc::SIGKILL);
             let _ = child.wait();
         }
@@ -400,7 +382,7 @@ impl Drop for Nginx {
 pub fn self_signed_cert(dir: &TempDir) -> (PathBuf, PathBuf) {
     let cert = dir.join("tls-cert.pem");
     let key = dir.join("tls-key.pem");
-    let output = Command::new("openssl")
+    let output = Command::new(&provision::tools().openssl)
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
         .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         .arg("-keyout")
@@ -409,7 +391,7 @@ pub fn self_signed_cert(dir: &TempDir) -> (PathBuf, PathBuf) {
         .arg(&cert)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("running openssl (Debian: `apt-get install -y openssl`): {e}"));
+        .unwrap_or_else(|e| panic!("running openssl: {e}"));
     assert!(output.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&output.stderr));
     (cert, key)
 }
@@ -418,7 +400,7 @@ pub fn self_signed_cert(dir: &TempDir) -> (PathBuf, PathBuf) {
 /// returns the raw response bytes. The request should carry `Connection: close`.
 pub fn tls_exchange(addr: SocketAddr, request: &str) -> Vec<u8> {
     use std::io::{Read, Write};
-    let mut child = Command::new("openssl")
+    let mut child = Command::new(&provision::tools().openssl)
         .args(["s_client", "-quiet", "-connect", &addr.to_string(), "-servername", "localhost"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -432,14 +414,10 @@ pub fn tls_exchange(addr: SocketAddr, request: &str) -> Vec<u8> {
         let _ = stdout.read_to_end(&mut out);
         out
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().expect("polling openssl").is_none() {
-        if Instant::now() > deadline {
-            signal(child.id() as i32, libc::SIGKILL);
-            let _ = child.wait();
-            panic!("openssl s_client did not finish within 15 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if poll(Duration::from_secs(15), POLL_INTERVAL, || child.try_wait().expect("polling openssl")).is_none() {
+        signal(child.id() as i32, libc::SIGKILL);
+        let _ = child.wait();
+        panic!("openssl s_client did not finish within 15 s");
     }
     reader.join().expect("reader thread")
 }

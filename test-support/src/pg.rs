@@ -1,26 +1,27 @@
 //! A throwaway PostgreSQL server for tests, started from the local server binaries.
 //!
-//! Include it from any test crate with `#[path = "<relative>/tests/common/pg.rs"] mod pg;`; it uses only std.
-//!
-//! - Binaries: `$PG_BIN`, else `/usr/lib/postgresql/15/bin`, else the newest `/usr/lib/postgresql/*/bin`.
-//!   Missing binaries are a panic that says what to install, never a skipped test.
+//! - Binaries: [`crate::provision`] finds them (`$PG_BIN`, else `/usr/lib/postgresql/15/bin`, else the newest
+//!   `/usr/lib/postgresql/*/bin`) or installs them; missing binaries stop the test with what to install,
+//!   never skip it.
 //! - PostgreSQL refuses to run as root, so when the tests run as root every server command runs as the
 //!   `postgres` user, in a temporary directory owned by it.
 //! - The server listens on 127.0.0.1 on a free port, with its unix socket in the temporary directory, and
 //!   `fsync=off`. [`PgServer::stop`] / [`PgServer::start`] take it down and up again on the same port.
 //! - Drop stops the server (by pid: SIGINT, then SIGKILL after a deadline) and removes the directory.
-#![allow(dead_code)]
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::process::{is_root, signal};
+use crate::{TempDir, free_port, poll, provision};
 
 /// How long a server may take to accept connections after it was started.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -43,7 +44,7 @@ pub struct PgOptions {
 /// A running (or stopped) throwaway server.
 pub struct PgServer {
     bin: PathBuf,
-    dir: PathBuf,
+    dir: TempDir,
     port: u16,
     /// (uid, gid) of the `postgres` user when running as root.
     owner: Option<(u32, u32)>,
@@ -59,8 +60,8 @@ impl PgServer {
 
     /// A fresh cluster, started.
     pub fn with_options(options: PgOptions) -> PgServer {
-        let bin = find_bin_dir();
-        let owner = if running_as_root() { Some(postgres_user()) } else { None };
+        let bin = provision::tools().pg_bin.clone();
+        let owner = if is_root() { Some(postgres_user()) } else { None };
         let dir = make_temp_dir(owner);
         let mut server = PgServer { bin, dir, port: free_port(), owner, child: None, options };
         server.initdb();
@@ -85,7 +86,7 @@ impl PgServer {
 
     /// The directory holding the unix socket (and the cluster and its log).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -112,7 +113,7 @@ impl PgServer {
         cmd.arg("-D")
             .arg(self.dir.join("data"))
             .arg("-k")
-            .arg(&self.dir)
+            .arg(self.dir.path())
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=100"]);
@@ -133,7 +134,7 @@ impl PgServer {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        stop_child(&mut child, "-INT");
+        stop_child(&mut child, libc::SIGINT);
     }
 
     /// Runs SQL as the superuser over the unix socket; panics (with psql's output) if it fails. Returns the
@@ -154,7 +155,7 @@ impl PgServer {
     pub fn try_psql(&self, sql: &str) -> Output {
         self.command("psql")
             .arg("-h")
-            .arg(&self.dir)
+            .arg(self.dir.path())
             .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .stdin(Stdio::null())
@@ -180,7 +181,7 @@ impl PgServer {
 
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bin.join(program));
-        cmd.current_dir(&self.dir).env("LC_ALL", "C").env_remove("PGPASSWORD").env_remove("PGHOST");
+        cmd.current_dir(self.dir.path()).env("LC_ALL", "C").env_remove("PGPASSWORD").env_remove("PGHOST");
         if let Some((uid, gid)) = self.owner {
             cmd.uid(uid).gid(gid);
         }
@@ -215,8 +216,7 @@ impl PgServer {
     }
 
     fn wait_until_ready(&mut self) {
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
+        let ready = poll(START_DEADLINE, POLL, || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("polling postgres")) {
                 self.child = None;
                 panic!("postgres exited during startup ({status}); its log:\n{}", self.log());
@@ -229,13 +229,10 @@ impl PgServer {
                 .stderr(Stdio::null())
                 .status()
                 .unwrap_or_else(|e| panic!("cannot run {}/pg_isready: {e}", self.bin.display()));
-            if ready.success() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("postgres did not accept connections within {START_DEADLINE:?}; its log:\n{}", self.log());
-            }
-            std::thread::sleep(POLL);
+            ready.success().then_some(())
+        });
+        if ready.is_none() {
+            panic!("postgres did not accept connections within {START_DEADLINE:?}; its log:\n{}", self.log());
         }
     }
 }
@@ -247,66 +244,23 @@ impl Default for PgServer {
 }
 
 impl Drop for PgServer {
+    /// Stops the server; the directory goes with the [`TempDir`] field, after this.
     fn drop(&mut self) {
         self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
 /// Signals a child by pid and waits for it to exit; SIGKILL after [`STOP_DEADLINE`].
-fn stop_child(child: &mut Child, signal: &str) {
+fn stop_child(child: &mut Child, sig: i32) {
     if child.try_wait().ok().flatten().is_some() {
         return;
     }
-    let signalled = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if signalled {
-        let deadline = Instant::now() + STOP_DEADLINE;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(POLL);
-        }
+    signal(child.id() as i32, sig);
+    if poll(STOP_DEADLINE, POLL, || child.try_wait().ok().flatten()).is_some() {
+        return;
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-fn find_bin_dir() -> PathBuf {
-    let candidates: Vec<PathBuf> = match std::env::var_os("PG_BIN") {
-        Some(dir) => vec![PathBuf::from(dir)],
-        None => {
-            let mut found = vec![PathBuf::from("/usr/lib/postgresql/15/bin")];
-            if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
-                let mut others: Vec<(u32, PathBuf)> = entries
-                    .filter_map(|e| e.ok())
-                    .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-                    .collect();
-                others.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
-                found.extend(others.into_iter().map(|(_, p)| p));
-            }
-            found
-        }
-    };
-    let needed = ["initdb", "postgres", "pg_isready", "psql"];
-    candidates.iter().find(|dir| needed.iter().all(|b| dir.join(b).is_file())).cloned().unwrap_or_else(|| {
-        panic!(
-            "PostgreSQL server binaries ({}) not found in {:?}. Install them (Debian/Ubuntu: \
-             `apt-get install postgresql-15`) or set PG_BIN to the directory that holds them.",
-            needed.join(", "),
-            candidates
-        )
-    })
-}
-
-fn running_as_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 /// uid and gid of the `postgres` user, from /etc/passwd.
@@ -327,22 +281,14 @@ fn postgres_user() -> (u32, u32) {
         })
 }
 
-fn make_temp_dir(owner: Option<(u32, u32)>) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    let name = format!("pg-test-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-    let dir = std::env::temp_dir().join(name);
-    fs::create_dir(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod the temp dir");
+/// A directory only the server's user can enter (initdb insists), owned by `postgres` when running as root.
+fn make_temp_dir(owner: Option<(u32, u32)>) -> TempDir {
+    let dir = TempDir::new("pg");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).expect("chmod the temp dir");
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the temp dir to postgres");
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the temp dir to postgres");
     }
     dir
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding a free port").port()
 }
 
 /// A TCP server that accepts connections and never sends a byte: a database host that swallows packets.

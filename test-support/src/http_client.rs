@@ -1,7 +1,6 @@
-//! A tiny blocking HTTP/1.1 client for tests: one request per connection (`Connection: close`), over std's
-//! `TcpStream`. Include with `#[path = "<relative>/tests/common/http_client.rs"] mod http_client;`; it uses
-//! std and serde_json only.
-#![allow(dead_code)]
+//! A tiny blocking HTTP/1.1 client for tests: one request per connection (`Connection: close`) to a base URL
+//! (`http://host:port`), over std's `TcpStream`; the responses are parsed whole (chunked bodies, HEAD). A
+//! connection the test keeps open is a [`crate::Conn`].
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -10,6 +9,8 @@ use std::time::Duration;
 /// Connect and read deadlines of one request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`raw_exchange`] waits for a server to finish answering and close.
+const RAW_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A parsed response.
 #[derive(Clone, Debug)]
@@ -95,6 +96,19 @@ pub fn request(
         Err(e) => return Err(e),
     }
     parse(&raw, method.eq_ignore_ascii_case("HEAD"))
+}
+
+/// Writes `bytes` as they are on a fresh connection and returns all the server sends until it closes the
+/// connection (or [`RAW_READ_TIMEOUT`] passes): for requests no client would send, and answers a parser
+/// refuses.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(RAW_READ_TIMEOUT)).expect("setting the read timeout");
+    stream.write_all(bytes).unwrap_or_else(|e| panic!("writing to {addr}: {e}"));
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    raw
 }
 
 /// Parses a complete response; `head` responses have no body whatever their headers say.

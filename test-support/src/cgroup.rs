@@ -15,7 +15,7 @@ pub struct PidsCgroup {
 impl PidsCgroup {
     /// Creates a new group, or says why this machine or user cannot.
     pub fn new(tag: &str) -> Result<PidsCgroup, String> {
-        if !nix::unistd::geteuid().is_root() {
+        if !crate::process::is_root() {
             return Err("a pids cgroup needs root".into());
         }
         let v1 = PathBuf::from("/sys/fs/cgroup/pids");

@@ -1,0 +1,295 @@
+//! The real `supervisor` binary under test: started with a test configuration in a directory of its own, its
+//! stdout and stderr captured line by line (JSON log lines parsed on demand), killed with its workers by pid
+//! when the handle is dropped.
+//!
+//! Only the root package's integration tests know where cargo put the binary, so they pass its path in:
+//! `Server::start_ready(binary!(), "workers = 3", "", 3)` (see [`crate::binary!`]).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::process::{alive, children, signal};
+use crate::{POLL_INTERVAL, TempDir, free_port, poll, wait_for};
+
+/// Seconds of the day from an RFC 3339 timestamp (enough for gaps within one test).
+pub fn ts_seconds(ts: &str) -> f64 {
+    let time = &ts[11..ts.len() - 1];
+    let mut parts = time.split(':');
+    let h: f64 = parts.next().unwrap().parse().unwrap();
+    let m: f64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
+}
+
+/// Output captured from a child, line by line, as it arrives.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>, Arc<AtomicBool>);
+
+impl Lines {
+    fn capture(self, stream: impl Read + Send + 'static) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                self.0.lock().unwrap().push(line);
+            }
+            self.1.store(true, Ordering::Release);
+        });
+    }
+
+    /// Whether the stream has ended (every writer closed it) and all of it has been read.
+    pub fn ended(&self) -> bool {
+        self.1.load(Ordering::Acquire)
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Every line that parses as a JSON object.
+    pub fn json(&self) -> Vec<Value> {
+        self.all().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect()
+    }
+}
+
+/// A JSON log line's field as a string ("" if absent).
+pub fn field(line: &Value, name: &str) -> String {
+    match &line[name] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A running `supervisor` process.
+pub struct Server {
+    pub child: Option<Child>,
+    pub pid: i32,
+    pub port: u16,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+/// Base config for tests: loopback port, debug routes, short timeouts.
+pub fn base_config(port: u16) -> String {
+    config_with(port, "", "")
+}
+
+/// The base config with top-level keys replaced by those in `top` (TOML lines) and `app` lines appended
+/// to its `[app]` table.
+pub fn config_with(port: u16, top: &str, app: &str) -> String {
+    let base = format!(
+        "bind = [\"127.0.0.1:{port}\"]\nworkers = 2\ntimeout = 10\ngraceful_timeout = 5\nkeepalive = 5\nboot_timeout = 10\n"
+    );
+    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+    let overridden: Vec<String> = top.lines().map(key).collect();
+    let mut out: String = base.lines().filter(|l| !overridden.contains(&key(l))).map(|l| format!("{l}\n")).collect();
+    out.push_str(top);
+    out.push_str("\n\n[app]\ndebug_routes = true\n");
+    out.push_str(app);
+    out.push('\n');
+    out
+}
+
+impl Server {
+    /// Starts `<bin> --config <dir>/supervisor.toml` with `config` (which must bind `port`), extra
+    /// environment and arguments. The environment is cleared of supervisor/gunicorn/app variables first.
+    pub fn start_with(bin: &str, port: u16, config: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
+        Server::launch(port, config, env, |path| {
+            let mut cmd = Command::new(bin);
+            cmd.arg("--config").arg(path).args(args);
+            cmd
+        })
+    }
+
+    /// Starts the command `make(config_path)` builds (the binary, or a wrapper that execs it) with the
+    /// config written to a fresh directory, a clean environment plus `env`, and captured output.
+    pub fn launch(port: u16, config: &str, env: &[(&str, &str)], make: impl FnOnce(&Path) -> Command) -> Server {
+        let dir = TempDir::new("srv");
+        let path = dir.join("supervisor.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = make(&path);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            let ours = ["SUPERVISOR_", "GUNICORN_", "APP_", "DATABASE_", "CORS_", "LISTEN_", "NOTIFY_", "WATCHDOG_"];
+            if ours.iter().any(|p| k.starts_with(p)) || k == "WEB_CONCURRENCY" || k == "FORWARDED_ALLOW_IPS" {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // A binary the test has just copied can be briefly "busy": a concurrent test's fork inherits the
+        // copy's write descriptor until its exec. Retry for a moment, as cargo does.
+        let busy = |spawned: &std::io::Result<Child>| {
+            spawned.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ExecutableFileBusy)
+        };
+        let spawned = poll(Duration::from_secs(5), POLL_INTERVAL, || Some(cmd.spawn()).filter(|s| !busy(s)));
+        let mut child = spawned.unwrap_or_else(|| cmd.spawn()).expect("spawn supervisor");
+        let stdout = Lines::default();
+        let stderr = Lines::default();
+        stdout.clone().capture(child.stdout.take().unwrap());
+        stderr.clone().capture(child.stderr.take().unwrap());
+        let pid = child.id() as i32;
+        Server { child: Some(child), pid, port, dir, config: path, stdout, stderr }
+    }
+
+    /// Starts with the base config, top-level keys in `top` replacing the base's, and `app` lines added to
+    /// the `[app]` table.
+    pub fn start(bin: &str, top: &str, app: &str) -> Server {
+        let port = free_port();
+        Server::start_with(bin, port, &config_with(port, top, app), &[], &[])
+    }
+
+    /// Starts and waits until `n` workers are ready.
+    pub fn start_ready(bin: &str, top: &str, app: &str, n: usize) -> Server {
+        let server = Server::start(bin, top, app);
+        server.wait_workers_ready(n);
+        server
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Master log lines with this message.
+    pub fn master_logs(&self, msg: &str) -> Vec<Value> {
+        self.stdout.json().into_iter().filter(|l| field(l, "role") == "master" && field(l, "msg") == msg).collect()
+    }
+
+    /// Waits for a log line satisfying `pred` and returns it.
+    pub fn wait_log(&self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(timeout, what, || self.stdout.json().into_iter().find(|l| pred(l)))
+    }
+
+    /// Panics (with the server's stderr) if the master has exited: a wait for it to do more is pointless.
+    fn assert_running(&self) {
+        if self.child.is_some() && !alive(self.pid) {
+            panic!("the master exited early; stderr: {:?}", self.stderr.all());
+        }
+    }
+
+    /// Pids of the workers the master logged ready ("worker ready") that are still its children.
+    pub fn ready_workers(&self) -> BTreeSet<i32> {
+        self.ready_among(&self.workers())
+    }
+
+    /// Those of `children` that the master logged ready.
+    fn ready_among(&self, children: &[i32]) -> BTreeSet<i32> {
+        self.master_logs("worker ready")
+            .iter()
+            .filter_map(|l| l["worker_pid"].as_i64().map(|p| p as i32))
+            .filter(|p| children.contains(p))
+            .collect()
+    }
+
+    /// Waits until the master has exactly `n` workers and reports all of them ready; returns their pids in
+    /// ascending order.
+    pub fn wait_workers_ready(&self, n: usize) -> Vec<i32> {
+        wait_for(Duration::from_secs(15), &format!("{n} ready workers"), || {
+            self.assert_running();
+            let children = self.workers();
+            let ready = self.ready_among(&children);
+            (ready.len() == n && children.len() == n).then(|| ready.into_iter().collect())
+        })
+    }
+
+    pub fn workers(&self) -> Vec<i32> {
+        children(self.pid)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        signal(self.pid, sig);
+    }
+
+    /// Sends `sig` once the master has logged `msg` at least `count` times (orders two signals that the
+    /// kernel would otherwise merge).
+    pub fn signal_after_log(&self, sig: i32, msg: &str, count: usize) {
+        wait_for(Duration::from_secs(5), msg, || (self.master_logs(msg).len() >= count).then_some(()));
+        self.signal(sig);
+    }
+
+    /// Waits for the master to exit and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("still running");
+        let status = wait_for(timeout, "the master to exit", || child.try_wait().unwrap());
+        self.child = None;
+        // Let the readers take in the last lines. Not required: a process the master started (a binary
+        // upgrade) may still hold the pipes open, and then the output keeps arriving after this returns.
+        poll(Duration::from_secs(2), POLL_INTERVAL, || (self.stdout.ended() && self.stderr.ended()).then_some(()));
+        status
+    }
+
+    /// Pid of the worker that logged the access line of the request with this id.
+    pub fn pid_of_request(&self, request_id: &str) -> i32 {
+        let line = self.wait_log(Duration::from_secs(5), &format!("access log of {request_id}"), |l| {
+            field(l, "request_id") == request_id && field(l, "target") == "access"
+        });
+        line["pid"].as_i64().unwrap() as i32
+    }
+
+    pub fn dump_logs(&self) {
+        for l in self.stdout.all() {
+            eprintln!("stdout: {l}");
+        }
+        for l in self.stderr.all() {
+            eprintln!("stderr: {l}");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        if let Some(mut child) = self.child.take() {
+            let workers = children(self.pid);
+            signal(self.pid, libc::SIGKILL);
+            for w in workers {
+                signal(w, libc::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Replays the master's log: the number of ready workers over time (ready, minus retiring or gone), and
+/// returns the smallest count seen after the first time it reached `n`.
+pub fn min_ready_after_startup(server: &Server, n: usize) -> usize {
+    let mut ready = BTreeSet::new();
+    let mut min = usize::MAX;
+    let mut started = false;
+    for l in server.stdout.json().iter().filter(|l| field(l, "role") == "master") {
+        let Some(pid) = l["worker_pid"].as_i64() else { continue };
+        let msg = field(l, "msg");
+        if msg == "worker ready" {
+            ready.insert(pid);
+        } else if msg.starts_with("worker retiring")
+            || msg.starts_with("worker exited")
+            || msg.starts_with("worker killed")
+            || msg.starts_with("worker timed out")
+            || msg.starts_with("worker failed")
+        {
+            ready.remove(&pid);
+        } else {
+            continue;
+        }
+        if ready.len() >= n {
+            started = true;
+        }
+        if started {
+            min = min.min(ready.len());
+        }
+    }
+    min
+}
