@@ -227,6 +227,22 @@ impl Layers {
         let create_timeout = r.seconds("database.create_timeout")?;
         let readiness_timeout = r.seconds("database.readiness_timeout")?;
         let max_connections = r.opt_count("database.max_connections")?.map(|n| n as u32);
+        // Unset, each time limit follows the request deadline (and stays below it).
+        let statement_timeout = r.seconds_or(
+            "database.statement_timeout",
+            app::DatabaseConfig::default_statement_timeout(request_timeout),
+            "min(5s, app.request_timeout / 2)",
+        )?;
+        let lock_timeout = r.seconds_or(
+            "database.lock_timeout",
+            app::DatabaseConfig::default_lock_timeout(request_timeout),
+            "min(2s, app.request_timeout / 4)",
+        )?;
+        let idle_in_transaction_session_timeout = r.seconds_or(
+            "database.idle_in_transaction_session_timeout",
+            app::DatabaseConfig::default_idle_in_transaction_session_timeout(request_timeout),
+            "app.request_timeout",
+        )?;
 
         let app = app::Config {
             env,
@@ -247,6 +263,9 @@ impl Layers {
                 create_timeout,
                 readiness_timeout,
                 max_connections,
+                statement_timeout,
+                lock_timeout,
+                idle_in_transaction_session_timeout,
             },
         };
         app.validate().map_err(|e| r.error(e.key, &e.message))?;
@@ -327,6 +346,17 @@ impl Resolver<'_> {
         Ok(match self.get(key)? {
             Some(Parsed::Seconds(d)) => Some(d),
             _ => None,
+        })
+    }
+
+    /// The value of `key`, or `default` when no layer sets it (shown with `how` it was computed).
+    fn seconds_or(&mut self, key: &'static str, default: Duration, how: &str) -> Result<Duration, ConfigError> {
+        Ok(match self.opt_seconds(key)? {
+            Some(value) => value,
+            None => {
+                self.show(key, format!("{} [{how}]", secs(&default)));
+                default
+            }
         })
     }
 
@@ -665,5 +695,39 @@ mod tests {
     fn request_timeout_defaults_to_timeout() {
         let c = load("timeout = 12\n", &[], &[]).unwrap();
         assert_eq!(c.app.request_timeout, Duration::from_secs(12));
+    }
+
+    #[test]
+    fn database_time_limits_follow_a_short_request_deadline_unless_set() {
+        let ms = Duration::from_millis;
+        let c = load("", &[("APP_REQUEST_TIMEOUT", "2")], &[]).unwrap();
+        let db = &c.app.database;
+        assert_eq!(
+            (db.statement_timeout, db.lock_timeout, db.idle_in_transaction_session_timeout),
+            (ms(1000), ms(500), ms(2000))
+        );
+        assert!(
+            c.report.iter().any(|r| r.0 == "database.lock_timeout" && r.1 == "0.5s [min(2s, app.request_timeout / 4)]")
+        );
+        let c = load("[database]\nstatement_timeout = 0\nlock_timeout = 1.5\n", &[("APP_REQUEST_TIMEOUT", "2")], &[])
+            .unwrap();
+        assert_eq!((c.app.database.statement_timeout, c.app.database.lock_timeout), (Duration::ZERO, ms(1500)));
+        assert!(matches!(source_of(&c, "database.lock_timeout"), Source::File(_)));
+    }
+
+    #[test]
+    fn a_time_limit_at_or_past_the_request_deadline_is_refused_by_name() {
+        let e = load("", &[("APP_REQUEST_TIMEOUT", "2"), ("DATABASE_STATEMENT_TIMEOUT", "5")], &[]).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), &e.source),
+            ("database.statement_timeout", &Source::Env("DATABASE_STATEMENT_TIMEOUT"))
+        );
+        assert!(e.message.contains("app.request_timeout"), "{e}");
+        let e = load("[app]\nrequest_timeout = 3\n[database]\nlock_timeout = 3\n", &[], &[]).unwrap_err();
+        assert_eq!(e.key, "database.lock_timeout");
+        let e = load("", &[("DATABASE_IDLE_IN_TRANSACTION_SESSION_TIMEOUT", "0.0001")], &[]).unwrap_err();
+        assert_eq!(e.key, "database.idle_in_transaction_session_timeout");
+        let e = load("", &[("DATABASE_LOCK_TIMEOUT", "-1")], &[]).unwrap_err();
+        assert_eq!(e.key, "database.lock_timeout");
     }
 }

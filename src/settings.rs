@@ -285,6 +285,38 @@ pub const SETTINGS: &[Setting] = &[
     .doc(
         "This service's connection budget on the server; `supervisor check` warns when workers x pool_size exceeds it.",
     ),
+    setting(
+        "database.statement_timeout",
+        &["DATABASE_STATEMENT_TIMEOUT"],
+        Seconds { min: 0.0, max: DAY },
+        Computed("5, or half of app.request_timeout when that is less", "5"),
+    )
+    .doc(
+        "Seconds a statement may run before PostgreSQL cancels it (answered 504), set on every pooled \
+         connection; 0 disables it. Must be below app.request_timeout: past the deadline the app cancels the \
+         statement itself and discards the connection.",
+    ),
+    setting(
+        "database.lock_timeout",
+        &["DATABASE_LOCK_TIMEOUT"],
+        Seconds { min: 0.0, max: DAY },
+        Computed("2, or a quarter of app.request_timeout when that is less", "2"),
+    )
+    .doc(
+        "Seconds a statement may wait for a lock (a migration, a manual LOCK, a restore) before PostgreSQL \
+         gives up (answered 504), set on every pooled connection; 0 disables it. Must be below \
+         app.request_timeout.",
+    ),
+    setting(
+        "database.idle_in_transaction_session_timeout",
+        &["DATABASE_IDLE_IN_TRANSACTION_SESSION_TIMEOUT"],
+        Seconds { min: 0.0, max: DAY },
+        Computed("the value of app.request_timeout", "60"),
+    )
+    .doc(
+        "Seconds a pooled connection may sit idle inside a transaction before PostgreSQL ends the session and \
+         releases its locks; 0 disables it.",
+    ),
 ];
 
 /// The declaration of `key`. Panics on a key that is not declared: a consumer asking for one is a bug.

@@ -148,6 +148,34 @@ pub struct DatabaseConfig {
     /// The server's connection budget for this service, if known; `supervisor check` warns when
     /// `workers x pool_size` exceeds it.
     pub max_connections: Option<u32>,
+    /// PostgreSQL's `statement_timeout` on every pooled connection: the server cancels a statement running
+    /// longer (answered 504). Zero disables it. Below `request_timeout`, so that a slow statement ends with the
+    /// server's own error, on a connection that stays in the pool, before the deadline has to cancel it.
+    pub statement_timeout: Duration,
+    /// PostgreSQL's `lock_timeout` on every pooled connection: a statement waiting this long for a lock (a
+    /// migration, a manual `LOCK`, a restore) gives up (answered 504). Zero disables it.
+    pub lock_timeout: Duration,
+    /// PostgreSQL's `idle_in_transaction_session_timeout` on every pooled connection: a session left idle
+    /// inside a transaction this long is ended by the server, releasing its locks. Zero disables it.
+    pub idle_in_transaction_session_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// `statement_timeout` when none is set: 5 s, or half the request deadline when that is shorter.
+    pub fn default_statement_timeout(request_timeout: Duration) -> Duration {
+        Duration::from_secs(5).min(request_timeout / 2)
+    }
+
+    /// `lock_timeout` when none is set: 2 s, or a quarter of the request deadline when that is shorter.
+    pub fn default_lock_timeout(request_timeout: Duration) -> Duration {
+        Duration::from_secs(2).min(request_timeout / 4)
+    }
+
+    /// `idle_in_transaction_session_timeout` when none is set: the request deadline, since no request may
+    /// leave a transaction open longer than it runs itself.
+    pub fn default_idle_in_transaction_session_timeout(request_timeout: Duration) -> Duration {
+        request_timeout
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -160,9 +188,17 @@ impl Default for DatabaseConfig {
             create_timeout: Duration::from_secs(2),
             readiness_timeout: Duration::from_secs(1),
             max_connections: None,
+            statement_timeout: DatabaseConfig::default_statement_timeout(DEFAULT_REQUEST_TIMEOUT),
+            lock_timeout: DatabaseConfig::default_lock_timeout(DEFAULT_REQUEST_TIMEOUT),
+            idle_in_transaction_session_timeout: DatabaseConfig::default_idle_in_transaction_session_timeout(
+                DEFAULT_REQUEST_TIMEOUT,
+            ),
         }
     }
 }
+
+/// `request_timeout` of [`Config::default`] (the binary derives it from `timeout`, whose default is the same).
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `[app]` table plus `[database]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -200,7 +236,7 @@ impl Default for Config {
             debug_routes: false,
             debug_fail_boot_file: None,
             debug_boot_delay: Duration::ZERO,
-            request_timeout: Duration::from_secs(60),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_body_bytes: 1024 * 1024,
             access_log: true,
             forwarded_allow_ips: TrustedProxies::default(),
@@ -283,6 +319,9 @@ pub mod keys {
     pub const CREATE_TIMEOUT: &str = "database.create_timeout";
     pub const READINESS_TIMEOUT: &str = "database.readiness_timeout";
     pub const MAX_CONNECTIONS: &str = "database.max_connections";
+    pub const STATEMENT_TIMEOUT: &str = "database.statement_timeout";
+    pub const LOCK_TIMEOUT: &str = "database.lock_timeout";
+    pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "database.idle_in_transaction_session_timeout";
 
     /// Every key above.
     pub const ALL: &[&str] = &[
@@ -301,6 +340,9 @@ pub mod keys {
         CREATE_TIMEOUT,
         READINESS_TIMEOUT,
         MAX_CONNECTIONS,
+        STATEMENT_TIMEOUT,
+        LOCK_TIMEOUT,
+        IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
     ];
 }
 
@@ -366,6 +408,31 @@ impl Config {
         positive(keys::READINESS_TIMEOUT, db.readiness_timeout)?;
         if db.max_connections == Some(0) {
             return Err(ConfigError::new(keys::MAX_CONNECTIONS, "must be at least 1"));
+        }
+        for (key, value) in [
+            (keys::STATEMENT_TIMEOUT, db.statement_timeout),
+            (keys::LOCK_TIMEOUT, db.lock_timeout),
+            (keys::IDLE_IN_TRANSACTION_SESSION_TIMEOUT, db.idle_in_transaction_session_timeout),
+        ] {
+            // PostgreSQL counts in milliseconds: a shorter value would be sent as 0, which disables it.
+            if !value.is_zero() && value < Duration::from_millis(1) {
+                return Err(ConfigError::new(key, "must be 0 (disabled) or at least 0.001 seconds"));
+            }
+        }
+        // A server-side timeout at or past the deadline never fires first: the deadline cancels the statement
+        // and discards the connection instead of the server answering on a connection that stays usable.
+        for (key, value) in [(keys::STATEMENT_TIMEOUT, db.statement_timeout), (keys::LOCK_TIMEOUT, db.lock_timeout)] {
+            if !value.is_zero() && value >= self.request_timeout {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{} s must be below {} ({} s), or 0 to disable it",
+                        value.as_secs_f64(),
+                        keys::REQUEST_TIMEOUT,
+                        self.request_timeout.as_secs_f64()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -535,6 +602,26 @@ mod tests {
         assert_eq!(config.validate().unwrap_err().key, keys::REQUEST_TIMEOUT);
         let config = Config { max_body_bytes: 0, ..Config::default() };
         assert_eq!(config.validate().unwrap_err().key, keys::MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn database_time_limits_stay_below_the_request_deadline() {
+        let defaults = DatabaseConfig::default();
+        assert_eq!(
+            (defaults.statement_timeout, defaults.lock_timeout),
+            (Duration::from_secs(5), Duration::from_secs(2))
+        );
+        let short = Duration::from_secs(2);
+        assert_eq!(DatabaseConfig::default_statement_timeout(short), Duration::from_secs(1));
+        assert_eq!(DatabaseConfig::default_lock_timeout(short), Duration::from_millis(500));
+        let mut config = Config { request_timeout: short, ..Config::default() };
+        assert_eq!(config.validate().unwrap_err().key, keys::STATEMENT_TIMEOUT, "the 5 s default is not below 2 s");
+        config.database.statement_timeout = Duration::ZERO;
+        assert_eq!(config.validate().unwrap_err().key, keys::LOCK_TIMEOUT, "2 s is not below 2 s");
+        config.database.lock_timeout = Duration::from_millis(1999);
+        assert_eq!(config.validate(), Ok(()));
+        config.database.idle_in_transaction_session_timeout = Duration::from_micros(500);
+        assert_eq!(config.validate().unwrap_err().key, keys::IDLE_IN_TRANSACTION_SESSION_TIMEOUT);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! where they happen, inside the request span, so the log line carries the same request id as the response.
 
 use hyper::StatusCode;
-use hyper::header::{ALLOW, HeaderValue};
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -78,18 +78,26 @@ impl FieldError {
     }
 }
 
-/// An error answer: status and code, a human message, optional details, and for 405 the `Allow` header.
+/// An error answer: status and code, a human message, optional details, for 405 the `Allow` header, and
+/// for a temporary condition the `Retry-After` header.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiError {
     code: ErrorCode,
     message: String,
     details: Option<Value>,
     allow: Option<String>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), details: None, allow: None }
+        ApiError { code, message: message.into(), details: None, allow: None, retry_after: None }
+    }
+
+    /// Adds `Retry-After: <seconds>`: the condition is temporary and the client may try again then.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -187,6 +195,9 @@ impl ApiError {
         if let Some(allow) = self.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
             response.headers_mut().insert(ALLOW, allow);
         }
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -245,6 +256,9 @@ mod tests {
         let response = ApiError::method_not_allowed("GET, HEAD").to_response("r-2");
         assert_eq!(response.headers()["allow"], "GET, HEAD");
         let response = ApiError::internal().to_response("r-3");
+        assert_eq!(response.headers().get("retry-after"), None);
         assert_eq!(body_json(response)["details"], Value::Null);
+        let response = ApiError::not_ready("busy").with_retry_after(1).to_response("r-4");
+        assert_eq!((response.status().as_u16(), &response.headers()["retry-after"]), (503, &HeaderValue::from(1)));
     }
 }

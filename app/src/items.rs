@@ -6,7 +6,8 @@
 //! after it, so concurrent inserts and deletes never make a page repeat or skip an item.
 //!
 //! Statements are prepared once per pooled connection (`prepare_cached`): a request costs one round trip to
-//! PostgreSQL instead of three (prepare, execute, close).
+//! PostgreSQL instead of three (prepare, execute, close). They run through `db::Conn`, so a request abandoned
+//! mid-statement (deadline, client gone) cancels it on the server and discards the connection.
 
 use hyper::StatusCode;
 use hyper::header::{HeaderValue, LOCATION};
@@ -286,9 +287,8 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 
 pub(crate) async fn create(state: &State, req: Request, _: &Params) -> Result<Response, ApiError> {
     let new = parse_new_item(&read_json_body(req, state.config.max_body_bytes).await?)?;
-    let client = state.db.get().await?;
-    let statement = client.prepare_cached(INSERT).await?;
-    let row = client.query_one(&statement, &[&Uuid::now_v7(), &new.name, &new.quantity]).await?;
+    let conn = state.db.get().await?;
+    let row = conn.query_one(INSERT, &[&Uuid::now_v7(), &new.name, &new.quantity]).await?;
     let item = Item::from_row(&row)?;
     tracing::info!(item_id = %item.id, "item created");
     let mut response = json_response(StatusCode::CREATED, &item);
@@ -300,9 +300,8 @@ pub(crate) async fn create(state: &State, req: Request, _: &Params) -> Result<Re
 
 pub(crate) async fn get(state: &State, _: Request, params: &Params) -> Result<Response, ApiError> {
     let id = parse_id(params.first())?;
-    let client = state.db.get().await?;
-    let statement = client.prepare_cached(SELECT_ONE).await?;
-    let row = client.query_opt(&statement, &[&id]).await?;
+    let conn = state.db.get().await?;
+    let row = conn.query_opt(SELECT_ONE, &[&id]).await?;
     match row {
         Some(row) => Ok(json_response(StatusCode::OK, &Item::from_row(&row)?)),
         None => Err(ApiError::not_found()),
@@ -311,19 +310,13 @@ pub(crate) async fn get(state: &State, _: Request, params: &Params) -> Result<Re
 
 pub(crate) async fn list(state: &State, req: Request, _: &Params) -> Result<Response, ApiError> {
     let query = parse_list_query(req.uri().query()).map_err(ApiError::validation)?;
-    let client = state.db.get().await?;
+    let conn = state.db.get().await?;
     // One row more than asked tells whether another page exists.
     let fetch = query.limit + 1;
     let rows = match query.after {
-        None => {
-            let statement = client.prepare_cached(SELECT_FIRST_PAGE).await?;
-            client.query(&statement, &[&fetch]).await
-        }
-        Some(after) => {
-            let statement = client.prepare_cached(SELECT_PAGE_AFTER).await?;
-            client.query(&statement, &[&after, &fetch]).await
-        }
-    }?;
+        None => conn.query(SELECT_FIRST_PAGE, &[&fetch]).await?,
+        Some(after) => conn.query(SELECT_PAGE_AFTER, &[&after, &fetch]).await?,
+    };
     let mut items = rows.iter().map(Item::from_row).collect::<Result<Vec<_>, _>>()?;
     let next = if items.len() as i64 > query.limit {
         items.truncate(query.limit as usize);
@@ -336,9 +329,8 @@ pub(crate) async fn list(state: &State, req: Request, _: &Params) -> Result<Resp
 
 pub(crate) async fn delete(state: &State, _: Request, params: &Params) -> Result<Response, ApiError> {
     let id = parse_id(params.first())?;
-    let client = state.db.get().await?;
-    let statement = client.prepare_cached(DELETE).await?;
-    let deleted = client.execute(&statement, &[&id]).await?;
+    let conn = state.db.get().await?;
+    let deleted = conn.execute(DELETE, &[&id]).await?;
     if deleted == 0 {
         return Err(ApiError::not_found());
     }

@@ -4,6 +4,11 @@
 //! refinery takes no lock of its own, so [`migrate`] holds a PostgreSQL advisory lock on its dedicated
 //! connection for the whole run: a second migrator started at the same moment waits, then finds everything
 //! applied and applies nothing. See `docs/migrations.md` for the deploy sequence and the rollback policy.
+//!
+//! The history table is written by `migrate` alone. Where the application connects with a role of its own,
+//! that role may read the history (readiness compares versions) but must not rewrite it; default privileges
+//! that grant the role read and write on every new table also reach the history when refinery creates it, so
+//! each run takes write privileges on it back from every role but its owner.
 
 use std::fmt;
 
@@ -71,6 +76,32 @@ async fn run_locked(client: &mut tokio_postgres::Client) -> Result<refinery::Rep
         }
     }
     runner.run_async(client).await
+}
+
+/// Takes INSERT, UPDATE, DELETE and TRUNCATE on the history table back from every role but its owner (and
+/// from PUBLIC), leaving what they may read.
+async fn protect_history(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(
+            "DO $$
+            DECLARE
+                history regclass := to_regclass('refinery_schema_history');
+                grantee text;
+            BEGIN
+                IF history IS NULL THEN
+                    RETURN;
+                END IF;
+                FOR grantee IN
+                    SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                    FROM pg_class c, aclexplode(c.relacl) a
+                    WHERE c.oid = history AND a.grantee <> c.relowner
+                      AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+                LOOP
+                    EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM %s', history, grantee);
+                END LOOP;
+            END $$",
+        )
+        .await
 }
 
 /// One migration applied by a run.
@@ -170,6 +201,10 @@ pub async fn migrate(config: &Config) -> Result<MigrationReport, MigrateError> {
     tracing::info!("migration lock acquired");
 
     let run = run_locked(&mut client).await;
+    let protected = match &run {
+        Ok(_) => protect_history(&client).await,
+        Err(_) => Ok(()),
+    };
     let version = applied_version(&client).await;
     // Closing the session would release the lock too; unlocking first keeps the intent explicit.
     if let Err(e) = client.execute("SELECT pg_advisory_unlock($1)", &[&ADVISORY_LOCK_KEY]).await {
@@ -179,6 +214,7 @@ pub async fn migrate(config: &Config) -> Result<MigrationReport, MigrateError> {
     let _ = connection.await;
 
     let report = run.map_err(|e| MigrateError::Migration(error_text(&e)))?;
+    protected.map_err(|e| MigrateError::Migration(format!("cannot make the history read-only: {}", error_text(&e))))?;
     let applied: Vec<AppliedMigration> = report
         .applied_migrations()
         .iter()

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::time::{Instant, timeout_at};
 
-use crate::db::{Db, DbError};
+use crate::db::Db;
 use crate::migrations::{applied_version, latest_embedded_version};
 
 /// How long a finished check answers later probes.
@@ -101,8 +101,8 @@ impl Readiness {
             return report;
         }
         let deadline = Instant::now() + self.deadline;
-        let client = match timeout_at(deadline, self.db.get()).await {
-            Ok(Ok(client)) => client,
+        let conn = match timeout_at(deadline, self.db.get()).await {
+            Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 report.database = "unavailable";
                 tracing::warn!(check = "database", error = %e, "readiness check failed");
@@ -118,10 +118,12 @@ impl Readiness {
                 return report;
             }
         };
-        let queries = async {
+        // Past the deadline the check's future is dropped mid-statement: `conn` then cancels the statement on
+        // the server and leaves the pool.
+        let queries = conn.run(|client| async move {
             client.query_one("SELECT 1", &[]).await?;
-            applied_version(&client).await
-        };
+            applied_version(client).await
+        });
         match timeout_at(deadline, queries).await {
             Ok(Ok(version)) => {
                 report.schema_version = version;
@@ -143,11 +145,9 @@ impl Readiness {
             }
             Ok(Err(e)) => {
                 report.database = if e.is_closed() { "unavailable" } else { "error" };
-                tracing::warn!(check = "database", error = %DbError::Query(e), "readiness check failed");
+                tracing::warn!(check = "database", error = %e, "readiness check failed");
             }
             Err(_) => {
-                // The connection is stuck mid-statement; never hand it out again.
-                Db::discard(client);
                 report.database = "timeout";
                 tracing::warn!(
                     check = "database",

@@ -71,3 +71,30 @@ fn migrate_reports_an_unresponsive_database_in_time() {
     assert!(err.to_string().starts_with("cannot connect to the database"), "{err}");
     assert!(!err.to_string().contains("secret"));
 }
+
+#[test]
+fn only_migrate_writes_the_history_whatever_default_privileges_grant() {
+    let pg = PgServer::new();
+    // A role that default privileges give everything on new tables, as a deployment's app role gets read and
+    // write: refinery's history table is a new table too.
+    pg.psql("CREATE ROLE reader");
+    pg.psql("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO reader, PUBLIC");
+    let config = config(Some(pg.url()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let writes = |role: &str, table: &str| -> Vec<&'static str> {
+        ["INSERT", "UPDATE", "DELETE", "TRUNCATE"]
+            .into_iter()
+            .filter(|p| pg.psql(&format!("SELECT has_table_privilege('{role}', '{table}', '{p}')")) == "t")
+            .collect()
+    };
+    rt.block_on(app::migrate(&config)).expect("migrate");
+    for role in ["reader", "public"] {
+        assert_eq!(writes(role, "refinery_schema_history"), Vec::<&str>::new(), "{role} may not write the history");
+        assert_eq!(pg.psql(&format!("SELECT has_table_privilege('{role}', 'refinery_schema_history', 'SELECT')")), "t");
+        assert_eq!(writes(role, "items").len(), 4, "{role} keeps what it was granted on the app's tables");
+    }
+    // Granted again by hand, taken back by the next run.
+    pg.psql("GRANT INSERT, DELETE ON refinery_schema_history TO reader");
+    rt.block_on(app::migrate(&config)).expect("migrate again");
+    assert_eq!(writes("reader", "refinery_schema_history"), Vec::<&str>::new());
+}

@@ -244,10 +244,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
 # json FILE EXPR: evaluate a Python expression over the parsed JSON document `j`.
 json() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$@" 2>/dev/null; }
-# A random database password with characters that need quoting in a libpq connection string, in FILE.
-write_db_password() {
-    printf "test'pw\\\\%s \$x@y\n" "$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" >"$1"
-    chmod 0644 "$1"
+# The two database roles' password files in DIR (db_owner_password, db_app_password), each random with
+# characters that need quoting in a libpq connection string; exported as DB_OWNER_PASSWORD_FILE and
+# DB_APP_PASSWORD_FILE for the stack files.
+write_db_passwords() {
+    local role
+    for role in owner app; do
+        printf "test'pw\\\\%s \$x@y\n" "$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" >"$1/db_${role}_password"
+        chmod 0644 "$1/db_${role}_password"
+    done
+    export DB_OWNER_PASSWORD_FILE=$1/db_owner_password DB_APP_PASSWORD_FILE=$1/db_app_password
 }
 
 # Client load through the edge, every answer's status appended to a file, until a stop file appears.

@@ -13,10 +13,13 @@
 #      --build-arg SUPERVISOR_BINARY=prebuilt (crates cannot be fetched inside the engine here).
 #   4. The stack from compose/prod.yml (+ standin.override.yml, which only drops nginx 1.27's `resolve`), then
 #      the acceptance checks of the deployment: startup within 2 minutes; edge routes, /readyz internal only,
-#      items, 429 in the contract shape; non-root and compiler-free image; zero failed requests through the
-#      edge while the api reloads on SIGHUP (and no zombie left behind by PID 1); ops backup, retention, and a
-#      restore into a fresh database with the same rows; `stop api` with a slow request in flight (request
-#      completes, exit 0 within stop_grace_period; debug-api.override.yml enables the test-only slow route).
+#      items, 429 in the contract shape; the database roles (the api connects as the app role, which cannot
+#      create tables or run programs; the superuser has no network login); non-root and compiler-free image; zero
+#      failed requests through the edge while the api reloads on SIGHUP (and no zombie left behind by PID 1); ops
+#      backup (mode 0600), retention, and a restore into a fresh database with the same rows; restore-in-place
+#      refused while the api runs; `stop api` with a slow request in flight (request completes, exit 0 within
+#      stop_grace_period; debug-api.override.yml enables the test-only slow route); then restore-in-place with
+#      the api stopped, migrate, and the api serving again.
 #   5. Cleanup, also on failure or interruption: compose down -v, temporary files, the copied binary, the smoke
 #      image, and dockerd if this script started it. Stand-in images stay (cache).
 #
@@ -97,8 +100,8 @@ EDGE_PORT=$(free_port)
 SMOKE_API_PORT=$(free_port)
 EDGE=http://127.0.0.1:$EDGE_PORT
 mkdir -p "$TMP/backups"
-write_db_password "$TMP/db_password"
-export COMPOSE_PROJECT_NAME=$PROJECT API_IMAGE DB_PASSWORD_FILE=$TMP/db_password BACKUP_DIR=$TMP/backups \
+write_db_passwords "$TMP"
+export COMPOSE_PROJECT_NAME=$PROJECT API_IMAGE BACKUP_DIR=$TMP/backups \
     EDGE_HTTP_BIND=127.0.0.1 EDGE_HTTP_PORT=$EDGE_PORT SMOKE_API_PORT
 
 # Leftovers of an interrupted earlier run.
@@ -187,6 +190,46 @@ no_compiler() {
 }
 check "6. the image has no compiler (cc, gcc, clang, rustc, cargo, ld, cc1)" no_compiler
 
+# ---------------------------------------------------------------------------------- 8. the database roles
+# As the api connects: over the network, as the app role, with its password from the secret.
+as_app() {
+    CT=20 compose exec -T db sh -c 'PGPASSWORD=$(cat /run/secrets/db_app_password) exec psql -h db \
+        -U "$DB_APP_USER" -d "$POSTGRES_DB" -XAtq -v ON_ERROR_STOP=1 -c "$1"' sh "$1" 2>&1
+}
+# as_app_refused SQL WHY: the statement fails, for that reason.
+as_app_refused() {
+    local out
+    out=$(as_app "$1") && return 1
+    printf '%s\n' "$out" | grep -q -- "$2" || { printf '    %s\n' "$out"; return 1; }
+}
+api_users=$(CT=20 compose exec -T db psql -U postgres -d app -XAtc \
+    "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity WHERE application_name = 'app'")
+check "8. the api connects as the app role (pg_stat_activity: $api_users)" test "$api_users" = app_api
+app_role=$(as_app "SELECT concat_ws(' ', rolsuper::text, rolcreaterole::text, rolcreatedb::text,
+    (SELECT count(*) FROM pg_auth_members WHERE member = r.oid)) FROM pg_roles r WHERE rolname = current_user")
+check "8. the app role: rolsuper false, no role or database creation, member of no role ($app_role)" \
+    test "$app_role" = "false false false 0"
+check "8. the app role: CREATE TABLE fails" as_app_refused "CREATE TABLE smoke_t (x int)" "permission denied for schema public"
+check "8. the app role: COPY ... TO PROGRAM fails" as_app_refused "COPY (SELECT 1) TO PROGRAM 'id'" pg_execute_server_program
+check "8. the app role: the migration history is read-only" \
+    as_app_refused "DELETE FROM refinery_schema_history" "permission denied for table refinery_schema_history"
+# The superuser was given the owner's password to initialise the volume; roles.sh removed it.
+superuser_refused() {
+    CT=20 compose exec -T db sh -c 'PGPASSWORD=$(cat /run/secrets/db_owner_password) exec psql -h db \
+        -U "$POSTGRES_USER" -d "$POSTGRES_DB" -XAtc "SELECT 1"' >"$TMP/superuser.log" 2>&1 && return 1
+    grep -q 'password authentication failed' "$TMP/superuser.log"
+}
+check "8. the superuser cannot log in over the network" superuser_refused
+check "8. migrate, as the owner, applied the migrations" logs_have "$(container migrate)" 'applied V1__items'
+delete_item() {
+    local id
+    id=$(curl -s --max-time 5 -X POST -H 'Content-Type: application/json' -d '{"name":"to delete","quantity":1}' \
+        "$EDGE/api/items" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') &&
+        [ "$(http_code -X DELETE "$EDGE/api/items/$id")" = 204 ] && [ "$(http_code "$EDGE/api/items/$id")" = 404 ] &&
+        [ "$(http_code "$EDGE/api/items?limit=5")" = 200 ]
+}
+check "8. items CRUD as the app role: create, delete, list through the edge" delete_item
+
 # ---------------------------------------------------------------------- 4. SIGHUP reload under load
 # Load through the edge: four keep-alive loops on /healthz (not rate limited) and one on an item under the
 # /api/ rate. Every answer must be 200.
@@ -238,6 +281,8 @@ rc=$?
 dumps=$(cd "$TMP/backups" && ls -1 app-*.dump 2>/dev/null | grep -v '^app-20000101T000000Z.dump$')
 check "5. ops backup exits 0 and writes one timestamped dump ($dumps)" \
     test "$rc" -eq 0 -a "$(printf '%s\n' "$dumps" | grep -c '^app-[0-9]\{8\}T[0-9]\{6\}Z\.dump$')" -eq 1
+check "5. the dump is readable by its owner only (mode $(stat -c %a "$TMP/backups/$dumps" 2>/dev/null))" \
+    test "$(stat -c %a "$TMP/backups/$dumps" 2>/dev/null)" = 600
 check "5. the dump was verified with pg_restore -l" grep -q 'table of contents entries' "$TMP/backup.log"
 check "5. retention deleted the expired dump and kept the foreign file" \
     test ! -e "$TMP/backups/app-20000101T000000Z.dump" -a -e "$TMP/backups/keep-me.txt"
@@ -250,6 +295,15 @@ copy=$(rows app_restore)
 check "5. restore into a fresh database: same rows (${orig%% *} items)" \
     test "$rc" -eq 0 -a -n "$orig" -a "$orig" = "$copy" -a "${orig%% *}" -ge 6
 [ "$rc" -eq 0 ] || cat "$TMP/restore.log"
+CT=120 compose --profile ops run --rm backup restore-in-place "$dumps" >"$TMP/restore-live.log" 2>&1
+rc=$?
+refused() {
+    [ "$rc" -ne 0 ] && grep -q 'refusing to restore in place: [1-9][0-9]* other session(s) connected' "$TMP/restore-live.log" &&
+        grep -q 'stop the api first: docker compose -f compose/prod.yml stop api' "$TMP/restore-live.log"
+}
+check "9. restore-in-place with the api running: refused, with how to stop the api (exit $rc)" refused
+refused || cat "$TMP/restore-live.log"
+check "9. ... and the database is untouched" test "$(rows app)" = "$orig"
 
 # ---------------------------------------------------------------- 3. stop api with a slow request in flight
 # The api again, with the test-only slow route and a loopback port (debug-api.override.yml).
@@ -275,6 +329,29 @@ check "3. the api exits 0 ($state) within its stop_grace_period (${stop_s} s of 
     python3 -c "import sys; sys.exit(0 if '$state' == 'exited 0 false' and $stop_s < ${grace:-0} else 1)"
 check "3. the stop waited for the request (${stop_s} s >= 3 s) and the master logged a graceful stop" \
     eval 'python3 -c "import sys; sys.exit(0 if $stop_s >= 3 else 1)" && logs_have "$API" "\"graceful stop\""'
+
+# -------------------------------------------------------------------- 9. restore in place, the api stopped
+# The api is stopped (above). A row the dump does not have, then the documented sequence: restore-in-place,
+# migrate, start the api.
+CT=20 compose exec -T db psql -U app -d app -XAtqc \
+    "INSERT INTO items (id, name, quantity) VALUES ('00000000-0000-7000-8000-00000000beef', 'not in the dump', 1)"
+CT=120 compose --profile ops run --rm backup restore-in-place "$dumps" >"$TMP/restore-in-place.log" 2>&1
+rc=$?
+check "9. restore-in-place with the api stopped: exit $rc, the rows of the dump (${copy%% *} items)" \
+    test "$rc" -eq 0 -a "$(rows app)" = "$copy"
+[ "$rc" -eq 0 ] || cat "$TMP/restore-in-place.log"
+unset WITH_DEBUG_API
+CT=120 compose run --rm migrate >"$TMP/migrate-again.log" 2>&1
+rc=$?
+CT=120 compose up -d --no-build --no-deps api >"$TMP/up-again.log" 2>&1 || cat "$TMP/up-again.log"
+API=$(container api)
+for _ in $(seq 60); do [ "$(health "$API")" = healthy ] && break; sleep 1; done
+serves_again() {
+    readyz_inside && CT=20 compose exec -T api supervisor healthcheck "http://127.0.0.1:8000/api/items/$ITEM_ID"
+}
+check "9. then migrate (exit $rc) and up: the api is ready and serves the restored items" serves_again
+check "9. ... as the app role, the migration history read-only again" \
+    as_app_refused "DELETE FROM refinery_schema_history" "permission denied for table refinery_schema_history"
 
 # ------------------------------------------------------ 7. opt-in: the build and test stages, without network
 build_stages() {

@@ -373,26 +373,82 @@ def prometheus(m, ctx):
     return problems
 
 
+# The keys of the db-credentials Secret: one password per database role (conf/postgres/roles.sh).
+PASSWORD_KEYS = ("owner-password", "app-password")
+
+
+def mounted_passwords(w, c):
+    """{file path: Secret key} of the db-credentials passwords mounted in container c of workload w."""
+    mounted = {}
+    for mount in c.get("volumeMounts", []):
+        volume = next((v for v in pod_spec(w).get("volumes", []) if v["name"] == mount["name"]), {})
+        secret = volume.get("secret")
+        if secret and secret["secretName"] == "db-credentials":
+            for i in secret.get("items", []):
+                mounted[f"{mount['mountPath']}/{i['path']}"] = i["key"]
+    return mounted
+
+
 def secrets(m, ctx):
     problems = []
     for where, w, c in containers(m):
-        for var in ("DATABASE_PASSWORD_FILE", "POSTGRES_PASSWORD_FILE"):
+        mounted = mounted_passwords(w, c)
+        for var in ("DATABASE_PASSWORD_FILE", "POSTGRES_PASSWORD_FILE", "DB_OWNER_PASSWORD_FILE", "DB_APP_PASSWORD_FILE"):
             e = env(c, var)
-            if not e:
-                continue
-            mounted = set()
-            for mount in c.get("volumeMounts", []):
-                volume = next((v for v in pod_spec(w).get("volumes", []) if v["name"] == mount["name"]), {})
-                secret = volume.get("secret")
-                if secret and secret["secretName"] == "db-credentials":
-                    mounted |= {
-                        f"{mount['mountPath']}/{i['path']}" for i in secret.get("items", []) if i["key"] == "password"
-                    }
-            if e["value"] not in mounted:
-                problems.append(f"{where}: {var} is not the mounted db-credentials password")
+            if e and mounted.get(e["value"]) not in PASSWORD_KEYS:
+                problems.append(f"{where}: {var} is not a mounted db-credentials password")
         for e in c.get("env", []):
             if re.search(r"PASSWORD(?!_FILE)|SECRET|TOKEN", e["name"]) and "value" in e:
                 problems.append(f"{where}: {e['name']} is a literal in the manifest")
+    return problems
+
+
+def url_user(c):
+    """The user of a key=value DATABASE_URL."""
+    url = env(c, "DATABASE_URL")
+    found = re.search(r"(?:^|\s)user=(\S+)", url["value"]) if url else None
+    return found.group(1) if found else None
+
+
+def database_roles(m, ctx):
+    """Two roles, as in Compose: the api connects as the app role with its password and never holds the owner's;
+    the migration Job connects as the owner; the database runs conf/postgres/roles.sh with both passwords."""
+    problems = []
+    db = m.get("StatefulSet", "db")
+    postgres = container(db, "postgres")
+    owner = (env(postgres, "DB_OWNER_USER") or {}).get("value")
+    app = (env(postgres, "DB_APP_USER") or {}).get("value")
+    if (owner, app) != (ctx["compose_roles"]["owner"], ctx["compose_roles"]["app"]):
+        problems.append(f"database roles (owner {owner}, app {app}) differ from compose/prod.yml's {ctx['compose_roles']}")
+    if (env(postgres, "POSTGRES_USER") or {}).get("value") in (owner, app):
+        problems.append("the database's superuser is one of the application's roles")
+    want = {"DB_OWNER_PASSWORD_FILE": "owner-password", "DB_APP_PASSWORD_FILE": "app-password"}
+    mounted = mounted_passwords(db, postgres)
+    for var, key in want.items():
+        if mounted.get((env(postgres, var) or {}).get("value")) != key:
+            problems.append(f"db: {var} is not the mounted {key}")
+    init = [
+        v
+        for v in pod_spec(db).get("volumes", [])
+        for mount in postgres.get("volumeMounts", [])
+        if mount["name"] == v["name"] and mount["mountPath"] == "/docker-entrypoint-initdb.d" and "configMap" in v
+    ]
+    script = [m.configmap(v["configMap"]["name"].rsplit("-", 1)[0]) for v in init]
+    if not script or ctx["roles_script"] not in script[0]["data"].values():
+        problems.append("db: /docker-entrypoint-initdb.d does not hold conf/postgres/roles.sh")
+    for kind, name, cname, role, key in (
+        ("Deployment", "api", "api", app, "app-password"),
+        ("Job", "migrate", "migrate", owner, "owner-password"),
+    ):
+        w = m.get(kind, name)
+        c = container(w, cname)
+        if url_user(c) != role:
+            problems.append(f"{name} connects as {url_user(c)}, not {role}")
+        passwords = mounted_passwords(w, c)
+        if passwords.get((env(c, "DATABASE_PASSWORD_FILE") or {}).get("value")) != key:
+            problems.append(f"{name}: DATABASE_PASSWORD_FILE is not the mounted {key}")
+        if set(passwords.values()) - {key}:
+            problems.append(f"{name} mounts another role's password ({sorted(set(passwords.values()) - {key})})")
     return problems
 
 
@@ -409,6 +465,7 @@ INVARIANTS = [
     ("NetworkPolicy: default deny; edge -> api (+ monitoring); api, migrate -> db", network_policies),
     ("Prometheus: annotations, the scrape job and the PodMonitor select the api pods", prometheus),
     ("passwords only from the db-credentials Secret, as files", secrets),
+    ("database roles: the api as the app role, the Job as the owner, roles.sh on the database", database_roles),
 ]
 
 
@@ -523,6 +580,23 @@ MUTATIONS = [
         ),
     ),
     ("database password as a literal", secrets, lambda m: _set_env(_api(m), "DATABASE_PASSWORD", "hunter2")),
+    (
+        "api connects as the owner",
+        database_roles,
+        lambda m: _set_env(_api(m), "DATABASE_URL", "host=db port=5432 user=app dbname=app"),
+    ),
+    (
+        "api given the owner's password",
+        database_roles,
+        lambda m: next(v for v in pod_spec(m.get("Deployment", "api"))["volumes"] if v["name"] == "db-credentials")[
+            "secret"
+        ]["items"].append({"key": "owner-password", "path": "db_owner_password"}),
+    ),
+    (
+        "database without the roles script",
+        database_roles,
+        lambda m: container(m.get("StatefulSet", "db"), "postgres")["volumeMounts"].pop(),
+    ),
 ]
 
 
@@ -540,6 +614,12 @@ def main(argv):
         "compose_images": sorted(
             {s["image"] for s in compose["services"].values() if "${" not in s.get("image", "${")}
         ),
+        # The roles' names: the defaults of compose/prod.yml's ${DB_OWNER_USER:-app} and ${DB_APP_USER:-app_api}.
+        "compose_roles": {
+            role: re.fullmatch(r"\$\{\w+:-(\w+)\}", compose["services"]["db"]["environment"][var]).group(1)
+            for role, var in (("owner", "DB_OWNER_USER"), ("app", "DB_APP_USER"))
+        },
+        "roles_script": (root / "conf/postgres/roles.sh").read_text(),
     }
     passed = failed = 0
     if len(argv) == 3:

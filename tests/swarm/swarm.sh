@@ -12,10 +12,11 @@
 #      and the edge.
 #   3. `docker stack deploy` of compose/stack.yml (+ standin.override.yml) from nothing, then the checks: the
 #      migration job completes before any api task is healthy; the edge serves; /readyz and /metrics are refused at
-#      the edge and answer inside; only the edge publishes a port, on loopback; scaling the api 2 -> 4 -> 2 under
-#      load (the edge reaches every new task); a rolling update to B under load (the job runs again, the old tasks
-#      drain and stop gracefully); an update to the broken image rolled back automatically under load; a killed
-#      api task replaced. Load is a bounded client loop through the edge; every answer must be 200.
+#      the edge and answer inside; the api connects to the database as the app role; only the edge publishes a
+#      port, on loopback; scaling the api 2 -> 4 -> 2 under load (the edge reaches every new task); a rolling
+#      update to B under load (the job runs again, the old tasks drain and stop gracefully); an update to the
+#      broken image rolled back automatically under load; a killed api task replaced. Load is a bounded client
+#      loop through the edge; every answer must be 200.
 #   4. Cleanup, also on failure or interruption: stack rm, the volume, swarm leave, docker_gwbridge if it created it,
 #      its images, the temporary directory, and dockerd if it started it. Stand-ins stay (cache).
 #
@@ -225,8 +226,8 @@ log "single-node swarm up (node $NODE)"
 # ------------------------------------------------------------------------------------------------ 3. deploy
 EDGE_PORT=$(free_port)
 EDGE=http://127.0.0.1:$EDGE_PORT
-write_db_password "$TMP/db_password"
-export DB_PASSWORD_FILE=$TMP/db_password EDGE_HTTP_PORT=$EDGE_PORT
+write_db_passwords "$TMP"
+export EDGE_HTTP_PORT=$EDGE_PORT
 t=$(date +%s)
 deploy "$IMAGE_A" || abort "docker stack deploy -c compose/stack.yml"
 if wait_for 240 "deploy" eval 'job_completed_with "$IMAGE_A" && api_settled 2 "$IMAGE_A" && edge_serving'; then
@@ -273,6 +274,14 @@ check "1. /metrics is not reachable through the edge (403)" test "$(http_code "$
 API_C=$(container_of "$(running_tasks api | head -1)")
 inside() { timeout 20 "$DOCKER" exec "$API_C" supervisor healthcheck "http://127.0.0.1:8000$1" >/dev/null 2>&1; }
 check "1. /readyz and /metrics answer 200 inside an api task" eval 'inside /readyz && inside /metrics'
+# The roles of compose/prod.yml (conf/postgres/roles.sh, a Swarm config here): the api as the app role.
+DB_C=$(container_of "$(running_tasks db | head -1)")
+api_users=$(timeout 20 "$DOCKER" exec "$DB_C" psql -U postgres -d app -XAtc \
+    "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity WHERE application_name = 'app'" 2>&1)
+api_super=$(timeout 20 "$DOCKER" exec "$DB_C" psql -U postgres -d app -XAtc \
+    "SELECT rolsuper FROM pg_roles WHERE rolname = 'app_api'" 2>&1)
+check "1. the api connects as the app role, no superuser (pg_stat_activity: $api_users; rolsuper $api_super)" \
+    test "$api_users" = app_api -a "$api_super" = f
 
 published() { "$DOCKER" service inspect -f '{{range .Endpoint.Ports}}{{.PublishMode}}:{{.PublishedPort}} {{end}}' "$(svc "$1")"; }
 only_edge_published() {
