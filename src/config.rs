@@ -225,7 +225,11 @@ impl Layers {
         let connect_timeout = r.seconds("database.connect_timeout")?;
         let wait_timeout = r.seconds("database.wait_timeout")?;
         let create_timeout = r.seconds("database.create_timeout")?;
-        let readiness_timeout = r.seconds("database.readiness_timeout")?;
+        let readiness_timeout = r.seconds_or(
+            "database.readiness_timeout",
+            app::DatabaseConfig::default_readiness_timeout(request_timeout),
+            "min(1s, app.request_timeout / 2)",
+        )?;
         let max_connections = r.opt_count("database.max_connections")?.map(|n| n as u32);
         // Unset, each time limit follows the request deadline (and stays below it).
         let statement_timeout = r.seconds_or(

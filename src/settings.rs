@@ -273,9 +273,12 @@ pub const SETTINGS: &[Setting] = &[
         "database.readiness_timeout",
         &["DATABASE_READINESS_TIMEOUT"],
         Seconds { min: 0.01, max: 3600.0 },
-        Value("1"),
+        Computed("1, or half of app.request_timeout when that is less", "1"),
     )
-    .doc("Seconds for one /readyz check (connection, SELECT 1, schema version)."),
+    .doc(
+        "Seconds for one /readyz check (connection, SELECT 1, schema version); below the request deadline, so a \
+         failing check is a 503, not a 504.",
+    ),
     setting(
         "database.max_connections",
         &["DATABASE_MAX_CONNECTIONS"],

@@ -166,6 +166,12 @@ impl DatabaseConfig {
         Duration::from_secs(5).min(request_timeout / 2)
     }
 
+    /// `readiness_timeout` when none is set: 1 s, or half the request deadline when that is shorter, so a
+    /// failing check is answered 503 by `/readyz` before the request's own deadline turns it into a 504.
+    pub fn default_readiness_timeout(request_timeout: Duration) -> Duration {
+        Duration::from_secs(1).min(request_timeout / 2)
+    }
+
     /// `lock_timeout` when none is set: 2 s, or a quarter of the request deadline when that is shorter.
     pub fn default_lock_timeout(request_timeout: Duration) -> Duration {
         Duration::from_secs(2).min(request_timeout / 4)
