@@ -8,12 +8,18 @@
 //! marked `…[+N bytes]` (N: the bytes left out); a line that would still be longer than [`LINE_MAX`] bytes
 //! (newline included) is rendered again with every string cut at the next of [`FIELD_LIMITS`], and, if even
 //! the last is too long, as its fixed keys and message only, with `fields_omitted: true` and the length it
-//! would have had in `line_bytes`. Every line stays valid JSON, and is written with one write(2) of at
-//! most `PIPE_BUF` bytes, so lines from several processes sharing one pipe never interleave. Writes are
-//! synchronous and start no thread, so the master stays fork-safe.
+//! would have had in `line_bytes`. Every line stays valid JSON.
+//!
+//! Logging never waits for the log consumer: a line is copied into a bounded buffer per process (see
+//! [`output`]) and written from there in batches, by a writer thread in a worker, without blocking in the
+//! master. A line that does not fit is dropped and counted (`log_lines_dropped_total`); once the output
+//! takes lines again, one line says how many were dropped and since when.
+
+mod output;
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -23,6 +29,8 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, filter::LevelFilter};
+
+use self::output::Output;
 
 /// A string value longer than this many bytes (of its text, before JSON escaping) is cut to this length and
 /// followed by `…[+N bytes]`. Room for the longest line the server logs by design, the startup settings.
@@ -34,10 +42,25 @@ pub const LINE_MAX: usize = 4096;
 pub const FIELD_LIMITS: [usize; 3] = [3072, 1024, FIELD_MAX_TIGHT];
 /// The last of [`FIELD_LIMITS`]; also what the message and target of a line without its fields are cut to.
 const FIELD_MAX_TIGHT: usize = 256;
+/// How long a process about to exit waits for its buffered lines to be written; what is still unwritten
+/// then is counted as dropped.
+pub const EXIT_FLUSH: Duration = Duration::from_millis(200);
+/// The default of `log_buffer_bytes`.
+pub const DEFAULT_BUFFER_BYTES: usize = 256 * 1024;
+
 const NO_SLOT: u64 = u64::MAX;
 static PID: AtomicU64 = AtomicU64::new(0);
 static SLOT: AtomicU64 = AtomicU64::new(NO_SLOT);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// This process's log output.
+static OUTPUT: Output = Output::new();
+
+/// Dropped lines by role ([`ROLES`]), in memory mapped before the first fork so that totals survive
+/// worker restarts.
+static DROPPED: OnceLock<&'static [AtomicU64]> = OnceLock::new();
+/// The roles `log_lines_dropped_total` is counted by, in counter order.
+pub const ROLES: [&str; 2] = ["master", "worker"];
 
 /// Log verbosity, as configured by `log_level`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,41 +114,114 @@ impl LogLevel {
     }
 }
 
-/// The log file, when logging to a file rather than to the inherited stdout.
-static LOG_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+/// How a process logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Verbosity.
+    pub level: LogLevel,
+    /// Log to this file (appending, reopened on USR1) instead of the inherited standard output.
+    pub file: Option<PathBuf>,
+    /// Bytes of rendered lines each process holds while its output is slower than its logging; lines
+    /// beyond are dropped and counted. Also the most a worker killed before it could write them loses.
+    pub buffer_bytes: usize,
+}
 
-/// Installs the JSON subscriber for this process. Call once, before forking. With `file`, standard output
-/// itself is pointed at the file (opened for appending), so the workers forked later write there too.
-pub fn init(level: LogLevel, file: Option<&std::path::Path>) -> std::io::Result<()> {
-    PID.store(std::process::id() as u64, Ordering::Relaxed);
-    if let Some(path) = file {
-        point_stdout_at(path)?;
-        let _ = LOG_FILE.set(path.to_path_buf());
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { level: LogLevel::Info, file: None, buffer_bytes: DEFAULT_BUFFER_BYTES }
     }
-    let _ = tracing_subscriber::registry().with(JsonLayer.with_filter(level.filter())).try_init();
+}
+
+/// The log file, when logging to a file rather than to the inherited stdout.
+static LOG_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Installs the JSON subscriber for this process. Call once, before forking, and before any other thread
+/// starts: the master writes its own lines, without a thread. With a file, standard output itself is
+/// pointed at the file (opened for appending), so the workers forked later write there too.
+pub fn init(settings: &LogSettings) -> std::io::Result<()> {
+    PID.store(std::process::id() as u64, Ordering::Relaxed);
+    if let Some(path) = &settings.file {
+        point_stdout_at(path)?;
+        let _ = LOG_FILE.set(path.clone());
+    }
+    if let Ok(words) = crate::sys::shared_words(ROLES.len()) {
+        let _ = DROPPED.set(words);
+    }
+    OUTPUT.configure(settings.buffer_bytes);
+    let _ = tracing_subscriber::registry().with(JsonLayer.with_filter(settings.level.filter())).try_init();
     Ok(())
 }
 
-/// Reopens the log file (after it was rotated), if logging to one. Returns whether there was one.
+/// Reopens the log file (after it was rotated), if logging to one; returns whether there is one. The master
+/// reopens at once; a worker's writer thread reopens between two batches (and logs a failure itself), so
+/// that a slow disk never holds up the worker's runtime.
 pub fn reopen() -> std::io::Result<bool> {
     match LOG_FILE.get() {
-        Some(path) => point_stdout_at(path).map(|()| true),
+        Some(path) => OUTPUT.reopen(path).map(|()| true),
         None => Ok(false),
     }
 }
 
+/// Points standard output at `path`, opened for appending. Opened non-blocking, so that a FIFO without a
+/// reader fails (ENXIO) instead of blocking the master; then made blocking again for the workers.
 fn point_stdout_at(path: &std::path::Path) -> std::io::Result<()> {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    let _ = std::io::stdout().lock().flush();
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().create(true).append(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let flags = OFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GETFL)?);
+    fcntl(&file, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
     nix::unistd::dup2_stdout(&file)?;
     Ok(())
 }
 
-/// Called in a worker right after fork: later lines carry the worker's pid, slot and generation.
-pub fn set_worker_identity(slot: usize, generation: u64) {
+/// Called in a worker right after fork, with signals still blocked: later lines carry the worker's pid,
+/// slot and generation; the lines the master had not written yet are the master's to write, so they are
+/// forgotten here; and the worker's writer thread starts.
+pub(crate) fn enter_worker(slot: usize, generation: u64) {
     PID.store(std::process::id() as u64, Ordering::Relaxed);
     SLOT.store(slot as u64, Ordering::Relaxed);
     GENERATION.store(generation, Ordering::Relaxed);
+    OUTPUT.forget_inherited();
+    start_writer();
+}
+
+/// Starts this process's writer thread (a worker, or the single-process mode). Should the thread not start
+/// (a pids limit), lines are written the master's way: without blocking, dropped when the output is full.
+pub(crate) fn start_writer() {
+    if let Err(error) = OUTPUT.start_writer_thread() {
+        tracing::warn!(error = %error, "no log writer thread: writing inline, without blocking");
+    }
+}
+
+/// Writes what this process still holds, waiting at most [`EXIT_FLUSH`]; lines still unwritten then are
+/// counted as dropped. Call before the process exits.
+pub fn flush_before_exit() {
+    OUTPUT.flush(EXIT_FLUSH);
+}
+
+/// The master: the output to wait for (writable) when lines are waiting for it, to be polled beside the
+/// master's other descriptors; then [`retry_stalled`].
+pub(crate) fn stalled_output() -> Option<output::Stalled> {
+    OUTPUT.stalled()
+}
+
+/// The master: writes what waited for the output, as far as it takes it without blocking.
+pub(crate) fn retry_stalled() {
+    OUTPUT.retry();
+}
+
+/// Lines dropped since the master started, by role ([`ROLES`]).
+pub fn dropped_by_role() -> [(&'static str, u64); 2] {
+    let n = |i: usize| DROPPED.get().map_or(0, |w| w[i].load(Ordering::Relaxed));
+    [(ROLES[0], n(0)), (ROLES[1], n(1))]
+}
+
+/// Counts `n` dropped lines for this process's role.
+fn count_dropped(n: u64) {
+    if let Some(words) = DROPPED.get() {
+        let role = usize::from(SLOT.load(Ordering::Relaxed) != NO_SLOT);
+        words[role].fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 struct JsonLayer;
@@ -273,8 +369,7 @@ where
         }
         let render = |out: &mut String| {
             render_bounded(out, event, &ctx);
-            // One write per line: lines from several processes appending to one file never interleave.
-            let _ = std::io::stdout().lock().write_all(out.as_bytes());
+            OUTPUT.push(out.as_bytes());
         };
         // The buffer is reused; a line logged while rendering another (from a field's Debug) gets its own.
         LINE.with(|line| match line.try_borrow_mut() {
@@ -377,6 +472,16 @@ fn render_head(out: &mut String, level: Level, target: &str, skip: &dyn Fn(&str)
         fixed("slot", &mut |out| json_display(out, slot));
         fixed("generation", &mut |out| json_display(out, GENERATION.load(Ordering::Relaxed)));
     }
+}
+
+/// The line saying that `dropped` lines were lost since `since` (time since the Unix epoch).
+fn render_dropped(out: &mut String, dropped: u64, since: Duration) {
+    out.push('{');
+    render_head(out, Level::WARN, module_path!(), &|_| false);
+    let _ = write!(out, ",\"msg\":\"log lines dropped: the output was not keeping up\",\"dropped\":{dropped}");
+    out.push_str(",\"since\":");
+    json_time(out, since);
+    out.push_str("}\n");
 }
 
 /// Appends a field value; strings are cut at `limit` bytes.
@@ -659,6 +764,17 @@ mod tests {
         assert_eq!(line["fields_omitted"], true);
         assert!(line["line_bytes"].as_u64().unwrap() > LINE_MAX as u64);
         assert!(line["a"].is_null() && line["level"] == "error" && line["ts"].is_string());
+    }
+
+    #[test]
+    fn the_dropped_report_is_a_json_line() {
+        let mut out = String::new();
+        render_dropped(&mut out, 1234, Duration::from_millis(1_764_505_800_123));
+        let line: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(line["dropped"], 1234);
+        assert_eq!(line["since"], "2025-11-30T12:30:00.123Z");
+        assert_eq!(line["level"], "warning");
+        assert!(out.ends_with("}\n"));
     }
 
     #[test]
