@@ -188,6 +188,7 @@ impl Layers {
         let max_requests_jitter = r.count("max_requests_jitter")?;
         let pidfile = r.text("pidfile")?.map(PathBuf::from);
         let log_file = r.text("log_file")?.map(PathBuf::from);
+        let log_buffer_bytes = r.count("log_buffer_bytes")? as usize;
 
         let env = r.text("app.env")?.unwrap_or_default();
         let env = r.check("app.env", env.parse::<app::AppEnv>().map_err(|e| e.message))?;
@@ -263,7 +264,7 @@ impl Layers {
                 (s.key, shown, source)
             })
             .collect();
-        let log = LogSettings { level: log_level, file: log_file, ..LogSettings::default() };
+        let log = LogSettings { level: log_level, file: log_file, buffer_bytes: log_buffer_bytes };
         Ok(Config { supervisor, single_process: workers == 0, log, app, report })
     }
 }
@@ -571,6 +572,7 @@ mod tests {
             ("DATABASE_POOL_SIZE", "0", "database.pool_size"),
             ("DATABASE_WAIT_TIMEOUT", "1e-9", "database.wait_timeout"),
             ("APP_MAX_BODY_BYTES", "0", "app.max_body_bytes"),
+            ("SUPERVISOR_LOG_BUFFER_BYTES", "100", "log_buffer_bytes"),
         ];
         for (var, value, key) in cases {
             let e = load("", &[(var, value)], &[]).unwrap_err();
