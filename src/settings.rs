@@ -180,7 +180,7 @@ pub const SETTINGS: &[Setting] = &[
         .flag("log-file")
         .doc("Log to this file instead of standard output; SIGUSR1 reopens it (for logrotate).")
         .restart(),
-    setting("log_buffer_bytes", &["SUPERVISOR_LOG_BUFFER_BYTES"], Count { min: 4096, max: 1 << 26 }, Value("262144"))
+    setting("log_buffer_bytes", &["SUPERVISOR_LOG_BUFFER_BYTES"], Count { min: 4096, max: 1 << 26 }, Value("1048576"))
         .flag("log-buffer-bytes")
         .doc(
             "Bytes of log lines each process (master, every worker) may hold unwritten while its output is slower \

@@ -45,8 +45,9 @@ const FIELD_MAX_TIGHT: usize = 256;
 /// How long a process about to exit waits for its buffered lines to be written; what is still unwritten
 /// then is counted as dropped.
 pub const EXIT_FLUSH: Duration = Duration::from_millis(200);
-/// The default of `log_buffer_bytes`.
-pub const DEFAULT_BUFFER_BYTES: usize = 256 * 1024;
+/// The default of `log_buffer_bytes`: about 3,000 access lines, enough for a writer thread that gets no
+/// CPU for 70 ms while its worker logs 40,000 lines a second.
+pub const DEFAULT_BUFFER_BYTES: usize = 1024 * 1024;
 
 const NO_SLOT: u64 = u64::MAX;
 static PID: AtomicU64 = AtomicU64::new(0);
