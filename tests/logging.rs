@@ -234,7 +234,8 @@ fn a_reopen_while_the_log_file_is_stalled_blocks_no_one() {
     let dir = TempDir::new("stall-file");
     let mut fifo = StalledFifo::new(&dir);
     let log_file = fifo.path.display().to_string();
-    let config = move |port, _: &TempDir| config_with(port, &format!("workers = 2\nlog_file = {log_file:?}"), "");
+    let top = format!("workers = 2\nlog_file = {log_file:?}\nlog_buffer_bytes = 65536");
+    let config = move |port, _: &TempDir| config_with(port, &top, "");
     let server = Process::start(config, Stdio::null());
     server.wait_ready(2);
     wait_for(Duration::from_secs(30), "lines dropped", || {
