@@ -15,7 +15,8 @@
 //!   waits in the buffer; the master's loop polls the output and writes the rest when it is writable.
 //!
 //! Every write(2) holds whole lines and at most [`LINE_MAX`] bytes (`PIPE_BUF`), so that the lines of
-//! several processes sharing one pipe never interleave. Once lines were dropped and a write succeeds again,
+//! several processes sharing one pipe never interleave. (On a stream socket the kernel may take part of a
+//! non-blocking send; the master then sends the rest of that line first, next time.) Once lines were dropped and a write succeeds again,
 //! one line says how many were dropped and since when. Lines that could not be written (the reader is gone,
 //! the disk is full) count as dropped too, and so do lines still unwritten when an exiting process gives up
 //! waiting for its output.
@@ -116,7 +117,7 @@ enum Mode {
 enum Target {
     /// A non-blocking descriptor of its own on the same pipe, FIFO or terminal.
     Own(Arc<OwnedFd>),
-    /// Standard output is a socket: `send` with `MSG_DONTWAIT`.
+    /// Standard output is a socket: `send` with `MSG_DONTWAIT` (which may take part of a chunk).
     Socket,
     /// Standard output made non-blocking for each write, then restored.
     Toggled,
