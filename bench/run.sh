@@ -2,7 +2,7 @@
 # The project's benchmark: throughput, latency, memory, reload and recovery, in one run.
 #
 #   bench/run.sh [--wait-idle[=SECONDS]] [--extra] [--no-build] [--duration S] [--warmup S]
-#                [--connections N] [--wrk-threads N] [--out FILE]
+#                [--connections N] [--wrk-threads N] [--compare BIN] [--out FILE]
 #
 # Builds the release binary, installs wrk (and jq, curl, ss) from Debian if missing, starts a throwaway
 # PostgreSQL (own temporary directory, free port, as the `postgres` user when run as root), migrates it, and
@@ -24,6 +24,10 @@
 #   --extra           also measure configuration variants (threads, workers, keep-alive, connections, pool
 #                     size, log level); adds about a minute and a half (1 s warm-up, 5 s measured each).
 #   --no-build        use target/release/supervisor as it is.
+#   --compare BIN     also measure GET /healthz with access logs on against another build of the server (for
+#                     example one built from an earlier commit), prefork, in COMPARE_ROUNDS (3) alternating
+#                     pairs, and report the ratio of the two: a before/after measured in the same run. Adds
+#                     about a minute.
 # Environment: BENCH_BIN=PATH measures that binary instead (no build), e.g. one built with other profile
 # settings; PG_BIN=DIR takes the PostgreSQL server binaries from DIR.
 set -euo pipefail
@@ -48,6 +52,8 @@ WAIT_IDLE=0
 WAITED=0
 EXTRA=0
 BUILD=1
+COMPARE_BIN=""
+COMPARE_ROUNDS=${COMPARE_ROUNDS:-3}
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -55,6 +61,7 @@ while [ $# -gt 0 ]; do
         --wait-idle=*) WAIT_IDLE=${1#*=} ;;
         --extra) EXTRA=1 ;;
         --no-build) BUILD=0 ;;
+        --compare) COMPARE_BIN=$2; shift ;;
         --duration) DURATION=$2; shift ;;
         --warmup) WARMUP=$2; shift ;;
         --connections) CONNS=$2; shift ;;
@@ -240,7 +247,8 @@ access_log = $access
 url = "$DB_URL"
 pool_size = $pool
 EOF
-    "$BIN" --config "$cfg" >"$logf" 2>"$WORK/$name.err" </dev/null &
+    # START_BIN: start this server from another build (--compare).
+    "${START_BIN:-$BIN}" --config "$cfg" >"$logf" 2>"$WORK/$name.err" </dev/null &
     pid=$!
     SRV_PID[$name]=$pid; SRV_PORT[$name]=$port; SRV_WORKERS[$name]=$workers; SRV_LOG[$name]=$logf; SRV_CFG[$name]=$cfg
     for i in $(seq 300); do
@@ -590,8 +598,37 @@ start_server prefork_log 2 1 true
 start_server baseline_log 0 2 true
 measure prefork_log healthz /healthz
 measure baseline_log healthz /healthz
+# Lines the servers could not write (to a file on this machine's disk, the output is expected to keep up).
+log_dropped() {
+    curl -fsS --max-time 2 "$(url_of "$1" /metrics)" 2>/dev/null |
+        awk '/^log_lines_dropped_total/ { n += $2; found = 1 } END { if (found) print n; else print "-" }'
+}
+R[prefork_log.dropped]=$(log_dropped prefork_log)
+R[baseline_log.dropped]=$(log_dropped baseline_log)
 stop_server prefork_log
 stop_server baseline_log
+
+# ---------------------------------------------------------------------------------------------------------
+# Optional: this build against another one (--compare), access logs on, alternating pairs of runs.
+
+CMP_THIS=(); CMP_OTHER=()
+if [ -n "$COMPARE_BIN" ]; then
+    phase "access logs on, against $COMPARE_BIN"
+    [ -x "$COMPARE_BIN" ] || die "--compare: $COMPARE_BIN is not an executable"
+    start_server cmp_this 2 1 true
+    START_BIN=$COMPARE_BIN start_server cmp_other 2 1 true
+    for i in $(seq "$COMPARE_ROUNDS"); do
+        measure cmp_this "healthz$i" /healthz
+        measure cmp_other "healthz$i" /healthz
+        CMP_THIS+=("${R[cmp_this.healthz$i.rps]}"); CMP_OTHER+=("${R[cmp_other.healthz$i.rps]}")
+    done
+    R[cmp_this.dropped]=$(log_dropped cmp_this)
+    stop_server cmp_this
+    stop_server cmp_other
+    R[cmp.this]=$(printf '%s\n' "${CMP_THIS[@]}" | awk '{ s += $1 } END { print s / NR }')
+    R[cmp.other]=$(printf '%s\n' "${CMP_OTHER[@]}" | awk '{ s += $1 } END { print s / NR }')
+    log "access logs on: this build $(int "${R[cmp.this]}") req/s, $COMPARE_BIN $(int "${R[cmp.other]}") req/s (means of $COMPARE_ROUNDS), ratio $(ratio "${R[cmp.this]}" "${R[cmp.other]}")"
+fi
 
 # ---------------------------------------------------------------------------------------------------------
 # Optional: configuration variants (--extra).
@@ -661,6 +698,10 @@ table() {
     rp=${R[prefork_log.healthz.rps]}; rb=${R[baseline_log.healthz.rps]}
     row "GET /healthz req/s, access log on" "$(int "$rp") ($(ratio "$rp" "${R[prefork.healthz.rps]}") x off)" "$(int "$rb") ($(ratio "$rb" "${R[baseline.healthz.rps]}") x off)" "$(ratio "$rp" "$rb")" "" ""
     row "GET /healthz p99 ms, access log on" "$(ms "${R[prefork_log.healthz.p99]}")" "$(ms "${R[baseline_log.healthz.p99]}")" "$(ratio "${R[prefork_log.healthz.p99]}" "${R[baseline_log.healthz.p99]}")" "" ""
+    row "log lines dropped in the access-log runs" "${R[prefork_log.dropped]}" "${R[baseline_log.dropped]}" "" "0" "$(verdict "\"${R[prefork_log.dropped]}\" == \"0\" && \"${R[baseline_log.dropped]}\" == \"0\"")"
+    if [ -n "$COMPARE_BIN" ]; then
+        row "GET /healthz req/s, access log on, prefork: this build / --compare build (means of $COMPARE_ROUNDS alternating runs)" "$(int "${R[cmp.this]}") ($(printf '%.0f ' "${CMP_THIS[@]}"| sed 's/ $//'))" "$(int "${R[cmp.other]}") ($(printf '%.0f ' "${CMP_OTHER[@]}" | sed 's/ $//'))" "$(ratio "${R[cmp.this]}" "${R[cmp.other]}")" "ratio >= 1.00" "$(verdict "${R[cmp.this]} >= ${R[cmp.other]}")"
+    fi
     rp=${R[prefork.scraped.rps]}
     row "GET /healthz with /metrics scraped back to back: req/s" "$(int "$rp") ($(ratio "$rp" "${R[prefork.healthz.rps]}") x unscraped)" "" "" "" ""
     row "GET /healthz with /metrics scraped back to back: p99 ms, errors" "$(ms "${R[prefork.scraped.p99]}") ($(ratio "${R[prefork.scraped.p99]}" "${R[prefork.healthz.p99]}") x unscraped), ${R[prefork.scraped.err]} / ${R[prefork.scraped.n]}" "" "" "0 errors" "$(verdict "${R[prefork.scraped.err]} == 0")"
@@ -707,7 +748,7 @@ TOTAL_S=$(awk -v a="$START_US" -v b="$(now_us)" 'BEGIN{printf "%.0f", (b-a)/1e6}
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) CPUs ($CPU), $(awk '/^MemTotal/ {printf "%.0f GB RAM", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
-    echo "- commit: $COMMIT${BENCH_BIN:+; binary: $BENCH_BIN}"
+    echo "- commit: $COMMIT${BENCH_BIN:+; binary: $BENCH_BIN}${COMPARE_BIN:+; compared with: $COMPARE_BIN}"
     echo "- load: client (wrk), servers and PostgreSQL share the machine; $IDLE_NOTE"
     echo "- wrk: $WRK_THREADS threads, $CONNS connections, ${WARMUP} s warm-up then ${DURATION} s measured per row, keep-alive; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') (fsync off)"
     echo "- servers: access_log off except where noted; prod env; pool_size 4 per worker; log to a file"
@@ -729,6 +770,9 @@ TOTAL_S=$(awk -v a="$START_US" -v b="$(now_us)" 'BEGIN{printf "%.0f", (b-a)/1e6}
     done
     split_lines+=("prefork healthz with /metrics scraped (the scraping client counts as other): ${R[prefork.scraped.split]}")
     for m in prefork_log baseline_log; do split_lines+=("$m healthz: ${R[$m.healthz.split]}"); done
+    for i in $(seq ${#CMP_THIS[@]}); do
+        for m in cmp_this cmp_other; do split_lines+=("$m healthz (round $i): ${R[$m.healthz$i.split]}"); done
+    done
     for v in "${VARIANTS[@]}"; do
         IFS='|' read -r n _ p _ <<<"$v"; k=${p#/}; [ "$p" = /api/items ] && k=items
         split_lines+=("$n $k: ${R[$n.$k.split]}")

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use supervisor::Settings;
-use supervisor::logging::LogLevel;
+use supervisor::logging::{LogLevel, LogSettings};
 
 use crate::settings::{DefaultValue, Kind, OnHup, SECTIONS, SETTINGS, Setting, setting_of};
 
@@ -67,10 +67,8 @@ pub struct Config {
     pub supervisor: Settings,
     /// `workers = 0`: serve in this process, without a master.
     pub single_process: bool,
-    /// Log verbosity.
-    pub log_level: LogLevel,
-    /// Log to this file instead of standard output (reopened on SIGUSR1).
-    pub log_file: Option<PathBuf>,
+    /// Log verbosity, file and buffer.
+    pub log: LogSettings,
     /// Application settings.
     pub app: app::Config,
     /// Every setting with its display value and source, in declaration order.
@@ -200,6 +198,7 @@ impl Layers {
         let worker_connections = r.count("max_connections")? as usize;
         let pidfile = r.text("pidfile")?.map(PathBuf::from);
         let log_file = r.text("log_file")?.map(PathBuf::from);
+        let log_buffer_bytes = r.count("log_buffer_bytes")? as usize;
 
         let env = r.text("app.env")?.unwrap_or_default();
         let env = r.check("app.env", env.parse::<app::AppEnv>().map_err(|e| e.message))?;
@@ -295,7 +294,8 @@ impl Layers {
                 (s.key, shown, source)
             })
             .collect();
-        Ok(Config { supervisor, single_process: workers == 0, log_level, log_file, app, report })
+        let log = LogSettings { level: log_level, file: log_file, buffer_bytes: log_buffer_bytes };
+        Ok(Config { supervisor, single_process: workers == 0, log, app, report })
     }
 }
 
@@ -613,6 +613,7 @@ mod tests {
             ("DATABASE_POOL_SIZE", "0", "database.pool_size"),
             ("DATABASE_WAIT_TIMEOUT", "1e-9", "database.wait_timeout"),
             ("APP_MAX_BODY_BYTES", "0", "app.max_body_bytes"),
+            ("SUPERVISOR_LOG_BUFFER_BYTES", "100", "log_buffer_bytes"),
         ];
         for (var, value, key) in cases {
             let e = load("", &[(var, value)], &[]).unwrap_err();
@@ -672,8 +673,7 @@ mod tests {
         let c = load("", &[], &[]).unwrap();
         assert_eq!(c.supervisor, Settings::default());
         assert_eq!(c.app, app::Config::default());
-        assert_eq!(c.log_level, LogLevel::Info);
-        assert_eq!(c.log_file, None);
+        assert_eq!(c.log, LogSettings::default());
         assert_eq!(
             c.report.iter().map(|r| r.0).collect::<Vec<_>>(),
             SETTINGS.iter().map(|s| s.key).collect::<Vec<_>>()

@@ -74,7 +74,9 @@ enum Command {
 fn main() -> ExitCode {
     let matches = cli().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    match run(cli, flag_values(&matches)) {
+    let result = run(cli, flag_values(&matches));
+    supervisor::logging::flush_before_exit();
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             let code = if error.is::<ConfigError>() { 2 } else { 1 };
@@ -101,7 +103,7 @@ fn run(cli: Cli, flags: BTreeMap<&'static str, String>) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Migrate => {
-            supervisor::logging::init(config.log_level, None)?;
+            supervisor::logging::init(&supervisor::logging::LogSettings { file: None, ..config.log.clone() })?;
             let runtime = tokio_runtime()?;
             match runtime.block_on(app::migrate(&config.app)) {
                 Ok(report) => {
@@ -131,7 +133,7 @@ fn load(flags: &Flags) -> Result<Config, ConfigError> {
 }
 
 fn serve(config: Config, flags: Flags) -> anyhow::Result<u8> {
-    supervisor::logging::init(config.log_level, config.log_file.as_deref())?;
+    supervisor::logging::init(&config.log)?;
     // A panic is logged as one JSON line (with the request id when it happens in a request), instead of
     // Rust's plain-text message on stderr.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));

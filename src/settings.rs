@@ -230,6 +230,15 @@ pub const SETTINGS: &[Setting] = &[
         .flag("log-file")
         .doc("Log to this file instead of standard output; SIGUSR1 reopens it (for logrotate).")
         .restart(),
+    setting("log_buffer_bytes", &["SUPERVISOR_LOG_BUFFER_BYTES"], Count { min: 4096, max: 1 << 26 }, Value("1048576"))
+        .flag("log-buffer-bytes")
+        .doc(
+            "Bytes of log lines each process (master, every worker) may hold unwritten while its output is slower \
+             than its logging (a stalled log shipper, a slow disk); lines beyond are dropped and counted \
+             (log_lines_dropped_total), never waited for. Larger rides out longer stalls, but costs up to twice \
+             this much memory per process, and a worker killed during a stall loses up to this much.",
+        )
+        .restart(),
     setting("app.env", &["APP_ENV"], Text, Value(r#""dev""#))
         .doc("dev or prod. prod refuses the debug settings and localhost CORS origins."),
     setting(

@@ -135,6 +135,15 @@ impl Metrics {
         let _ = writeln!(out, "supervisor_reloads_total{{result=\"aborted\"}} {}", server.reloads_aborted);
         header(
             &mut out,
+            "log_lines_dropped_total",
+            "counter",
+            "Log lines dropped instead of delaying the server (the log output was not keeping up), by process role.",
+        );
+        for (role, n) in &server.log_lines_dropped {
+            let _ = writeln!(out, "log_lines_dropped_total{{role=\"{role}\"}} {n}");
+        }
+        header(
+            &mut out,
             "supervisor_heartbeat_age_seconds",
             "gauge",
             "Heartbeat age of the most silent serving worker.",
@@ -193,6 +202,15 @@ mod tests {
             text.contains("http_requests_total{method=\"other\",route=\"unmatched\",status=\"other\"} 1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn dropped_log_lines_are_counted_by_role() {
+        let server = ServerStats { log_lines_dropped: [("master", 2), ("worker", 345)], ..ServerStats::default() };
+        let text = Metrics::private().render(&server, "1.0", &LABELS);
+        assert!(text.contains("# TYPE log_lines_dropped_total counter\n"), "{text}");
+        assert!(text.contains("log_lines_dropped_total{role=\"master\"} 2\n"), "{text}");
+        assert!(text.contains("log_lines_dropped_total{role=\"worker\"} 345\n"), "{text}");
     }
 
     #[test]

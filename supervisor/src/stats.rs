@@ -43,6 +43,8 @@ pub struct ServerStats {
     pub max_heartbeat_age: f64,
     /// Each gauge summed over live workers.
     pub gauges: [u64; GAUGE_COUNT],
+    /// Log lines dropped since the master started (the output was not keeping up), by process role.
+    pub log_lines_dropped: [(&'static str, u64); 2],
 }
 
 /// The server's statistics, or `None` outside a worker.
@@ -57,6 +59,7 @@ pub fn server_stats() -> Option<ServerStats> {
         restarts: RestartReason::ALL.iter().enumerate().map(|(i, r)| (r.as_str(), counters.restarts[i])).collect(),
         reloads_ok: counters.reloads_ok,
         reloads_aborted: counters.reloads_aborted,
+        log_lines_dropped: crate::logging::dropped_by_role(),
         ..ServerStats::default()
     };
     for i in 0..board.len() {

@@ -60,7 +60,7 @@ enum Stop {
 /// Runs a forked worker to completion and returns its exit code. Signals are blocked on entry (the master
 /// blocks them around fork) and unblocked once the runtime's handlers are registered.
 pub(crate) fn run(start: WorkerStart) -> i32 {
-    crate::logging::set_worker_identity(start.slot.index(), start.generation);
+    crate::logging::enter_worker(start.slot.index(), start.generation);
     start.slot.set_pid(std::process::id() as i32);
     crate::stats::install(start.board, start.slot.index());
     let setup = || -> std::io::Result<()> {
@@ -166,6 +166,7 @@ async fn boot_and_serve(
 /// stops gracefully on SIGTERM and at once on SIGINT/SIGQUIT. Used for debugging and as a benchmark baseline.
 pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<i32, crate::MasterError> {
     let listeners = crate::listen::bind_all(&settings.bind, settings.backlog)?;
+    crate::logging::start_writer();
     let board = Scoreboard::new(1).map_err(crate::MasterError::Scoreboard)?;
     let slot = board.slot(0);
     slot.prepare(0, sys::monotonic_ns());
@@ -264,6 +265,7 @@ async fn heartbeat(slot: Slot, every: Duration, master: Option<i32>) {
             && nix::unistd::getppid().as_raw() != master
         {
             tracing::error!("master is gone: exiting");
+            crate::logging::flush_before_exit();
             std::process::exit(crate::exit::WORKER_ORPHANED);
         }
     }

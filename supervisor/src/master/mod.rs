@@ -99,6 +99,7 @@ pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> R
         remove_pidfile(path);
     }
     tracing::info!(code, "master exiting");
+    crate::logging::flush_before_exit();
     Ok(code)
 }
 
@@ -212,7 +213,8 @@ impl Master {
         }
     }
 
-    /// Sleeps until a signal, a worker's ready notice, or the next deadline.
+    /// Sleeps until a signal, a worker's ready notice, or the next deadline; meanwhile writes the master's
+    /// log lines that wait for the output as soon as it takes them.
     fn wait(&mut self) {
         let mut sleep_ns = self.state.sleep_for(sys::monotonic_ns());
         if self.notifier.as_ref().is_some_and(|n| n.watchdog_interval().is_some()) {
@@ -220,13 +222,20 @@ impl Master {
         }
         let ms = sleep_ns.div_ceil(1_000_000).min(i32::MAX as u64) as i32;
         let (Some(signals), Some(ready)) = (&self.signals, &self.ready_read) else { return };
+        let log = crate::logging::stalled_output();
         let mut fds =
-            [PollFd::new(signals.fd().as_fd(), PollFlags::POLLIN), PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+            vec![PollFd::new(signals.fd().as_fd(), PollFlags::POLLIN), PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+        if let Some(log) = &log {
+            fds.push(PollFd::new(log.as_fd(), PollFlags::POLLOUT));
+        }
         match nix::poll::poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(error) => tracing::error!(error = %error, "poll failed"),
         }
         sys::drain_fd(ready);
+        if log.is_some() {
+            crate::logging::retry_stalled();
+        }
     }
 
     fn signals(&self) -> Vec<Sig> {
@@ -390,6 +399,7 @@ impl Master {
                         tracing::error!("worker panicked outside a request");
                         crate::exit::WORKER_PANICKED
                     });
+                crate::logging::flush_before_exit();
                 std::process::exit(code);
             }
         }
