@@ -83,7 +83,7 @@ impl Description {
             let header = self.resolve(header)?;
             match resp.header(name) {
                 Some(value) => self
-                    .validate(&header["schema"], &json!(value))
+                    .validate(&header["schema"], &self.header_value(&header["schema"], value)?)
                     .map_err(|e| format!("header {name}: {value:?}: {e}"))?,
                 None if header["required"] == true => return Err(format!("no {name} header")),
                 None => {}
@@ -137,6 +137,16 @@ impl Description {
         }
         let body: Value = serde_json::from_slice(&resp.body).map_err(|e| format!("the body is not JSON: {e}"))?;
         self.validate(&json!({ "$ref": "#/components/schemas/Error" }), &body)
+    }
+
+    /// A header's text as the JSON value its schema describes: a number for an `integer` or `number` schema
+    /// (OpenAPI's `simple` style), else the string itself.
+    fn header_value(&self, schema: &Value, text: &str) -> Result<Value, String> {
+        let numeric = matches!(self.resolve(schema)?["type"].as_str(), Some("integer" | "number"));
+        Ok(match serde_json::from_str::<Value>(text) {
+            Ok(number @ Value::Number(_)) if numeric => number,
+            _ => json!(text),
+        })
     }
 
     /// The path item whose template matches `path` segment by segment (`{name}`: one non-empty segment).
@@ -241,6 +251,8 @@ mod tests {
         let fields = json!({"fields": [{"field": "name", "message": "must not be empty"}]});
         ok("POST", "/api/items", json_response(422, &error("validation_error", fields)));
         ok("GET", "/nope", json_response(404, &error("not_found", Value::Null)));
+        let busy = [("content-type", "application/json"), ("retry-after", "1")];
+        ok("GET", "/api/items", response(503, &busy, &error("not_ready", Value::Null)));
         ok("GET", "/debug/panic", json_response(500, &error("internal_error", Value::Null)));
         let allow = [("content-type", "application/json"), ("allow", "GET, HEAD, POST")];
         ok(
@@ -289,6 +301,8 @@ mod tests {
         no_id.headers.retain(|(n, _)| n != "x-request-id");
         refused("GET", "/healthz", no_id, "no X-Request-ID");
         refused("POST", "/api/items", json_response(201, &item()), "no Location");
+        let busy = [("content-type", "application/json"), ("retry-after", "soon")];
+        refused("GET", "/api/items", response(503, &busy, &error("not_ready", Value::Null)), "a Retry-After");
         refused(
             "GET",
             "/healthz",
