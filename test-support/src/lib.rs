@@ -15,7 +15,8 @@
 //!   connection the test holds (keep-alive, raw header lines, I/O errors as values).
 //! - [`process`]: processes and sockets from /proc, signals by pid; [`cgroup`]: a pids cgroup that makes
 //!   forks fail.
-//! - [`pg`]: a throwaway PostgreSQL; [`nginx`]: the shipped edge configuration on Debian's nginx.
+//! - [`pg`]: a throwaway PostgreSQL; [`nginx`]: the shipped edge configuration on Debian's nginx; [`pypi`]:
+//!   pinned Python tools from PyPI in a virtual environment of their own.
 #![forbid(unsafe_code)]
 
 pub mod app_checks;
@@ -28,6 +29,7 @@ pub mod openapi;
 pub mod pg;
 pub mod process;
 pub mod provision;
+pub mod pypi;
 pub mod server;
 
 use std::net::TcpListener;
