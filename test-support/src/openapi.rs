@@ -60,6 +60,7 @@ impl Description {
         self.validate(&json!({ "$ref": "#/components/schemas/RequestId" }), &json!(id))
             .map_err(|e| format!("X-Request-ID {id:?}: {e}"))?;
         let path = path.split('?').next().unwrap_or(path);
+        // Debug routes are not described (they never exist in prod): only their errors can be checked.
         let Some(item) = self.path_item(path) else {
             return self.check_error(resp, "a path the description does not know");
         };
@@ -113,7 +114,10 @@ impl Description {
         if resp.status != 405 {
             return Err("a method the description does not list for this path, answered without 405".into());
         }
+        let declared = self.resolve(&self.doc["components"]["responses"]["MethodNotAllowed"])?;
+        let schema = &declared["content"]["application/json"]["schema"];
         self.check_error(resp, "a 405")?;
+        self.validate(schema, &serde_json::from_slice(&resp.body).unwrap_or_default())?;
         let mut expected: Vec<String> =
             METHODS.iter().filter(|m| item.contains_key(**m)).map(|m| m.to_uppercase()).collect();
         if expected.iter().any(|m| m == "GET") {
