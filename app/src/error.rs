@@ -30,7 +30,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in the order of the contract's table (docs/http-api.md).
+    /// Every code, in the order of their statuses.
     pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
