@@ -6,7 +6,6 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use test_support::app_checks::*;
-use test_support::http_client::get_with;
 use test_support::pg::{Blackhole, PgOptions, PgServer};
 use test_support::*;
 

@@ -26,7 +26,7 @@ const FIXED_HEADERS: [(&str, &str); 3] = [
     ("x-frame-options", "DENY"),
 ];
 
-/// The CSP the edge sends for `/api/` and `/healthz` (fixed in the template).
+/// The CSP the edge sends for `/api/`, `/healthz` and `/openapi.json` (fixed in the template).
 const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// Generous limits, for tests that are not about rate limiting.
@@ -116,6 +116,15 @@ fn routes_items_and_the_spa_through_the_edge() {
     // The API's own errors pass through (validation details, 405 with Allow).
     check_validation_errors(&base);
     check_method_not_allowed(&base);
+
+    // The API's description, byte for byte as the API serves it, with the edge's headers and the API's CSP.
+    let direct = get(&format!("http://{}", server.addr()), "/openapi.json");
+    let described = get(&base, "/openapi.json");
+    assert_eq!((described.status, &described.body), (200, &direct.body));
+    assert_eq!(described.header("content-type"), Some("application/json"));
+    assert_eq!(described.json()["openapi"], "3.1.0");
+    assert_edge_headers(&described, "/openapi.json", None);
+    assert_eq!(described.header("content-security-policy"), Some(API_CSP));
 
     let index = std::fs::read(conf_dir().join("site/index.html")).unwrap();
     for route in ["/", "/some/route", "/deep/link/42?tab=2", "/index.html"] {

@@ -30,6 +30,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order of their statuses.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadRequest,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UriTooLong,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::ValidationError,
+        ErrorCode::RateLimited,
+        ErrorCode::RequestHeaderFieldsTooLarge,
+        ErrorCode::InternalError,
+        ErrorCode::NotReady,
+        ErrorCode::Timeout,
+    ];
+
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
@@ -232,6 +248,7 @@ mod tests {
             (ErrorCode::NotReady, 503, "not_ready"),
             (ErrorCode::Timeout, 504, "timeout"),
         ];
+        assert_eq!(cases.map(|(code, _, _)| code), ErrorCode::ALL);
         for (code, status, name) in cases {
             assert_eq!(code.status().as_u16(), status);
             assert_eq!(code.as_str(), name);

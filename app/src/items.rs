@@ -186,8 +186,26 @@ enum Scalar {
     Int(i64),
     /// An integer beyond `i64`.
     BigInt,
-    /// Anything else: a fraction, a boolean, null, an array, an object.
+    /// Anything else: a number with a fractional part, a boolean, null, an array, an object.
     Other,
+}
+
+impl Scalar {
+    /// A number written with a fraction or an exponent. JSON has one kind of number, and JSON Schema (so
+    /// every client generated from the API description) counts `5.0` and `5e0` as the integer 5: a number
+    /// with no fractional part is that integer, anything else is not an integer.
+    fn from_number(v: f64) -> Scalar {
+        if !v.is_finite() || v.fract() != 0.0 {
+            Scalar::Other
+        } else if v >= 9_223_372_036_854_775_808.0 {
+            // 2^63, the first such number beyond `i64`.
+            Scalar::BigInt
+        } else {
+            // Exact: the number is integral and within range (anything below `i64::MIN` saturates to it,
+            // which is refused as negative all the same).
+            Scalar::Int(v as i64)
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Scalar {
@@ -210,8 +228,8 @@ impl<'de> Deserialize<'de> for Scalar {
             fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
                 Ok(i64::try_from(v).map_or(Scalar::BigInt, Scalar::Int))
             }
-            fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
-                Ok(Scalar::Other)
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::from_number(v))
             }
             fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
                 Ok(Scalar::Other)
@@ -374,6 +392,25 @@ mod tests {
         assert_eq!(item, NewItem { name: "widget".into(), quantity: 0 });
         let long = "é".repeat(200);
         assert_eq!(parse(&json!({"name": long, "quantity": 7})).unwrap().name.chars().count(), 200);
+    }
+
+    #[test]
+    fn a_number_without_a_fractional_part_is_an_integer() {
+        for (quantity, expected) in
+            [(json!(5.0), 5), (json!(1e3), 1000), (json!(-0.0), 0), (json!(9.007199254740992e15), 1 << 53)]
+        {
+            assert_eq!(parse(&json!({"name": "a", "quantity": quantity})).unwrap().quantity, expected, "{quantity}");
+        }
+        let refused = [
+            (json!(2.5), "must be an integer"),
+            (json!(-1.0), "must be greater than or equal to 0"),
+            (json!(2f64.powi(63)), "must be at most 9223372036854775807"),
+            (json!(1e300), "must be at most 9223372036854775807"),
+        ];
+        for (quantity, message) in refused {
+            assert_eq!(fields(json!({"name": "a", "quantity": quantity})), [("quantity".into(), message.into())]);
+        }
+        assert_eq!(parse_new_item(br#"{"name": "a", "quantity": 2E2}"#).unwrap().quantity, 200);
     }
 
     #[test]

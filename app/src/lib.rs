@@ -14,6 +14,8 @@
 //!   `items`: the items resource.
 //! - `error`: [`ApiError`], the only way an error reaches a client.
 //! - `metrics`: counters in memory shared by all workers, and the `/metrics` text;
+//! - `openapi`: `/openapi.json`, the API's description (`app/openapi.json`), and the tests that pin it to the
+//!   code;
 //! - `db`: the lazy per-worker pool; `readiness`: the single-flight `/readyz` check;
 //!   `migrations`: embedded migrations under an advisory lock.
 #![forbid(unsafe_code)]
@@ -26,6 +28,7 @@ mod http;
 mod items;
 mod metrics;
 mod migrations;
+mod openapi;
 mod readiness;
 mod request_id;
 mod routes;

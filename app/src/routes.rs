@@ -2,7 +2,8 @@
 //! handler per method. Matching, the route label of the access log and metrics, the `Allow` value of a 405
 //! and the methods CORS preflights allow all derive from [`ROUTES`].
 //!
-//! Adding a route: one entry in [`ROUTES`] and its handler, an `async fn(&State, Request, &Params)`.
+//! Adding a route: one entry in [`ROUTES`] and its handler, an `async fn(&State, Request, &Params)`, and its
+//! description in `app/openapi.json` (a test fails until both agree).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use crate::config::AppEnv;
 use crate::error::{ApiError, FieldError};
 use crate::http::{json_response, query_param};
 use crate::items;
+use crate::openapi;
 use crate::state::State;
 use supervisor::{Request, Response};
 
@@ -38,6 +40,11 @@ pub(crate) const ROUTES: &[Route] = &[
     Route { template: "/healthz", debug: false, methods: &[(Method::GET, |s, r, p| Box::pin(healthz(s, r, p)))] },
     Route { template: "/readyz", debug: false, methods: &[(Method::GET, |s, r, p| Box::pin(readyz(s, r, p)))] },
     Route { template: "/metrics", debug: false, methods: &[(Method::GET, |s, r, p| Box::pin(metrics(s, r, p)))] },
+    Route {
+        template: "/openapi.json",
+        debug: false,
+        methods: &[(Method::GET, |s, r, p| Box::pin(openapi::serve(s, r, p)))],
+    },
     Route {
         template: "/api/items",
         debug: false,
@@ -214,6 +221,7 @@ mod tests {
         let cases = [
             ("/healthz", Some("/healthz")),
             ("/readyz", Some("/readyz")),
+            ("/openapi.json", Some("/openapi.json")),
             ("/api/items", Some("/api/items")),
             ("/api/items/abc", Some("/api/items/{id}")),
             ("/api/items/", None),

@@ -8,7 +8,6 @@ use std::time::Duration;
 use support::server::TestServer;
 use support::{config, migrate};
 use test_support::app_checks::*;
-use test_support::http_client::get;
 use test_support::pg::PgServer;
 use test_support::{TempDir, free_port};
 

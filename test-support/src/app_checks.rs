@@ -1,12 +1,52 @@
 //! HTTP assertions on the app's contract (docs/http-api.md), each taking the base URL of a running server, so
 //! the same checks run against the app served in-process, against the real `supervisor` binary and through
 //! the edge. Checks that create items never assume an empty table, so they can share a database.
+//!
+//! Every request a check sends goes through [`send`] (or [`get`], [`get_with`], [`post_json`]), which checks the
+//! answer against the API description the server itself serves at `/openapi.json` ([`Description::check`]):
+//! a status, header, content type or body field the description does not declare fails the check, so the
+//! description cannot drift from what the code answers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Value, json};
 
-use crate::http_client::{HttpResponse, get, get_with, post_json, send};
+use crate::http_client::{self, HttpResponse};
+use crate::openapi::Description;
+
+/// The description `base` serves, fetched once per base URL.
+fn description(base: &str) -> Arc<Description> {
+    static FETCHED: OnceLock<Mutex<HashMap<String, Arc<Description>>>> = OnceLock::new();
+    let mut fetched = FETCHED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    fetched.entry(base.to_owned()).or_insert_with(|| Arc::new(Description::fetch(base))).clone()
+}
+
+/// Sends one request (panicking on transport errors) and asserts that the description the server serves
+/// declares the answer.
+pub fn send(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpResponse {
+    let resp = http_client::send(base, method, path, headers, body);
+    if let Err(e) = description(base).check(method, path, headers, &resp) {
+        panic!("the answer differs from the API description (/openapi.json): {e}");
+    }
+    resp
+}
+
+/// `GET path`, checked like [`send`].
+pub fn get(base: &str, path: &str) -> HttpResponse {
+    send(base, "GET", path, &[], None)
+}
+
+/// `GET path` with extra headers, checked like [`send`].
+pub fn get_with(base: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    send(base, "GET", path, headers, None)
+}
+
+/// `POST path` with a JSON body, checked like [`send`].
+pub fn post_json(base: &str, path: &str, body: &Value) -> HttpResponse {
+    let bytes = serde_json::to_vec(body).expect("serialising a request body");
+    send(base, "POST", path, &[("Content-Type", "application/json")], Some(&bytes))
+}
 
 /// Asserts the error contract: status, JSON content type, exactly the four keys, the code, and
 /// `request_id` equal to the `X-Request-ID` header. Returns the body.

@@ -10,11 +10,13 @@
 //!
 //! - [`server`]: [`Server`] (the binary under test; [`binary!`] names it), its captured output ([`Lines`]),
 //!   test configurations; [`load`]: [`Load`], background clients.
-//! - [`http_client`]: one request per connection to a base URL, for the app's contract ([`app_checks`]);
-//!   [`conn`]: [`Conn`], a connection the test holds (keep-alive, raw header lines, I/O errors as values).
+//! - [`http_client`]: one request per connection to a base URL, for the app's contract ([`app_checks`], whose
+//!   requests are checked against the API description the server serves, [`openapi`]); [`conn`]: [`Conn`], a
+//!   connection the test holds (keep-alive, raw header lines, I/O errors as values).
 //! - [`process`]: processes and sockets from /proc, signals by pid; [`cgroup`]: a pids cgroup that makes
 //!   forks fail.
-//! - [`pg`]: a throwaway PostgreSQL; [`nginx`]: the shipped edge configuration on Debian's nginx.
+//! - [`pg`]: a throwaway PostgreSQL; [`nginx`]: the shipped edge configuration on Debian's nginx; [`pypi`]:
+//!   pinned Python tools from PyPI in a virtual environment of their own.
 #![forbid(unsafe_code)]
 
 pub mod app_checks;
@@ -23,9 +25,11 @@ pub mod conn;
 pub mod http_client;
 pub mod load;
 pub mod nginx;
+pub mod openapi;
 pub mod pg;
 pub mod process;
 pub mod provision;
+pub mod pypi;
 pub mod server;
 
 use std::net::TcpListener;

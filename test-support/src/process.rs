@@ -1,11 +1,42 @@
-//! Processes and sockets as the kernel shows them in /proc, and signals by pid.
+//! Processes and sockets as the kernel shows them in /proc, signals by pid, and commands run to their end
+//! within a time limit.
 
-use std::time::Duration;
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// Sends a signal; ignores a process that is already gone.
 pub fn signal(pid: i32, sig: i32) {
     let sig = nix::sys::signal::Signal::try_from(sig).expect("a valid signal number");
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// Runs `cmd` to its end with its stdout and stderr appended to `log`, and returns its exit status and how
+/// long it ran. Past `limit` the process is killed by its pid and waited for, and the error says so.
+pub fn run_within(cmd: &mut Command, limit: Duration, log: &Path) -> Result<(ExitStatus, Duration), String> {
+    let open = || OpenOptions::new().create(true).append(true).open(log);
+    let (out, err) = open().and_then(|out| Ok((out, open()?))).map_err(|e| format!("{}: {e}", log.display()))?;
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    let finished = crate::poll(limit, Duration::from_millis(50), || child.try_wait().expect("waiting for a child"));
+    match finished {
+        Some(status) => Ok((status, started.elapsed())),
+        None => {
+            signal(child.id() as i32, libc::SIGKILL);
+            let _ = child.wait();
+            Err(format!(
+                "{:?} did not finish within {limit:?} and was killed; its output is in {}",
+                cmd.get_program(),
+                log.display()
+            ))
+        }
+    }
 }
 
 /// Whether this process runs as root (some fixtures need it; PostgreSQL refuses it).
