@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use hyper::Method;
 use hyper::body::Body as _;
-use hyper::header::{HeaderMap, HeaderValue, ORIGIN, USER_AGENT};
+use hyper::header::{HeaderMap, ORIGIN, USER_AGENT};
 use tracing::Instrument;
 
 use crate::config::{Config, TrustedProxies};
@@ -56,6 +56,8 @@ impl WorkerApp for App {
         let config = self.config.clone();
         let metrics = self.metrics;
         Box::pin(async move {
+            // Request ids drawn in this process must not follow a sequence another process also holds.
+            request_id::reseed();
             if !config.debug_boot_delay.is_zero() {
                 tracing::info!(
                     delay_ms = config.debug_boot_delay.as_millis() as u64,
@@ -123,7 +125,7 @@ async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId
     let status = response.status().as_u16();
     state.metrics.record(&method, label, status, started.elapsed());
     let headers = response.headers_mut();
-    headers.insert(request_id::HEADER, HeaderValue::from_str(id.as_str()).expect("request ids are header-safe"));
+    headers.insert(request_id::HEADER, id.clone().into_header_value());
     state.cors.apply(origin.as_ref(), headers);
 
     if state.config.access_log {
@@ -261,6 +263,7 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
 
     fn xff(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
