@@ -1,9 +1,9 @@
 //! The request pipeline around every handler, in order:
 //!
-//! 1. `label`: assign the request id (kept in the request's extensions; the supervisor records it in the
+//! 1. `call`: assign the request id (returned as the request's label: the supervisor records it in the
 //!    scoreboard so a hung request can be named).
-//! 2. `call`: open the `request` span carrying the id; answer CORS preflights; route; run the handler under
-//!    the per-request deadline (504) with panics caught (500); render errors in the contract.
+//! 2. `handle`: open the `request` span carrying the id; answer CORS preflights; route; run the handler
+//!    under the per-request deadline (504) with panics caught (500); render errors in the contract.
 //! 3. On the way out: `X-Request-ID` and CORS headers on every response, then one `access` log line.
 
 use std::any::Any;
@@ -29,7 +29,7 @@ use crate::readiness::Readiness;
 use crate::request_id::{self, RequestId};
 use crate::routes::{self, Matched};
 use crate::state::State;
-use supervisor::{BootError, BoxFuture, Request, Response, Service, WorkerApp};
+use supervisor::{BootError, BoxFuture, Call, Label, Request, Response, Service, WorkerApp};
 
 /// The application as the binary hands it to the supervisor. Holds only configuration: everything that
 /// touches tokio or the network is built in [`WorkerApp::boot`], inside each worker.
@@ -95,16 +95,9 @@ struct AppService {
 }
 
 impl Service for AppService {
-    fn label(&self, req: &mut Request) -> Option<String> {
+    fn call(&self, req: Request, peer: SocketAddr) -> Call {
         let id = RequestId::from_headers(req.headers());
-        let label = id.as_str().to_owned();
-        req.extensions_mut().insert(id);
-        Some(label)
-    }
-
-    fn call(&self, mut req: Request, peer: SocketAddr) -> BoxFuture<Response> {
-        let id = req.extensions_mut().remove::<RequestId>().unwrap_or_else(|| RequestId::from_headers(req.headers()));
-        Box::pin(handle(self.state.clone(), req, peer, id))
+        Call { label: Label::new(id.as_str()), response: Box::pin(handle(self.state.clone(), req, peer, id)) }
     }
 }
 

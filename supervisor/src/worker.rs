@@ -21,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::scoreboard::{Scoreboard, Slot, SlotState};
-use crate::service::{Refusal, Request, Service, WorkerApp};
+use crate::service::{Call, Refusal, Request, Service, WorkerApp};
 use crate::{Limits, Settings, balance, sys};
 
 use crate::exit::{WORKER_BOOT_FAILED as EXIT_BOOT_FAILED, WORKER_SETUP_FAILED as EXIT_SETUP_FAILED};
@@ -493,13 +493,14 @@ fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<
     let ctx = conn.clone();
     let closing = conn.clone();
     let service = hyper::service::service_fn(move |mut req: Request| {
-        let label = ctx.service.label(&mut req).unwrap_or_default();
-        let guard = ctx.slot.request_started(req.method().as_str(), req.uri().path(), &label, sys::monotonic_ns());
         let refusal = refusal(&ctx.limits, &req);
         if let Some(refusal) = refusal {
             req.extensions_mut().insert(refusal);
         }
-        let response = ctx.service.call(req, peer);
+        // Shared, not copied: the method and URI only need to outlive `call` for the scoreboard.
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let Call { label, response } = ctx.service.call(req, peer);
+        let guard = ctx.slot.request_started(method.as_str(), uri.path(), label.as_str(), sys::monotonic_ns());
         let ctx = ctx.clone();
         async move {
             let mut response = response.await;
