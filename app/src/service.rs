@@ -4,7 +4,10 @@
 //!    scoreboard so a hung request can be named).
 //! 2. `handle`: open the `request` span carrying the id; answer CORS preflights; route; run the handler
 //!    under the per-request deadline (504) with panics caught (500); render errors in the contract.
-//! 3. On the way out: `X-Request-ID` and CORS headers on every response, then one `access` log line.
+//! 3. On the way out: CORS headers and `X-Request-ID` on every response, and one `access` log line.
+//!
+//! Work that only the access log needs (the path, user agent and client address) is done only when access
+//! logs are on.
 
 use std::any::Any;
 use std::future::Future;
@@ -15,9 +18,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use hyper::Method;
 use hyper::body::Body as _;
-use hyper::header::{HeaderMap, ORIGIN, USER_AGENT};
+use hyper::header::{HeaderMap, HeaderValue, ORIGIN, USER_AGENT};
+use hyper::{Method, Uri};
 use tracing::Instrument;
 
 use crate::config::{Config, TrustedProxies};
@@ -101,14 +104,23 @@ impl Service for AppService {
     }
 }
 
+/// What the access line says about a request beyond its outcome.
+struct AccessInfo {
+    uri: Uri,
+    user_agent: Option<HeaderValue>,
+    client: IpAddr,
+}
+
 async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
     let origin = req.headers().get(ORIGIN).cloned();
-    let user_agent = req.headers().get(USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let client = client_addr(peer.ip(), req.headers(), &state.config.forwarded_allow_ips);
-    let matched = routes::resolve(&path, routes::debug_enabled(&state));
+    let access = state.config.access_log.then(|| AccessInfo {
+        uri: req.uri().clone(),
+        user_agent: req.headers().get(USER_AGENT).cloned(),
+        client: client_addr(peer.ip(), req.headers(), &state.config.forwarded_allow_ips),
+    });
+    let matched = routes::resolve(req.uri().path(), routes::debug_enabled(&state));
     let (label, template) =
         matched.as_ref().map_or((routes::ROUTES.len(), routes::UNMATCHED), |m| (m.index, m.route.template));
 
@@ -117,19 +129,18 @@ async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId
 
     let status = response.status().as_u16();
     state.metrics.record(&method, label, status, started.elapsed());
-    let headers = response.headers_mut();
-    headers.insert(request_id::HEADER, id.clone().into_header_value());
-    state.cors.apply(origin.as_ref(), headers);
+    state.cors.apply(origin.as_ref(), response.headers_mut());
 
-    if state.config.access_log {
+    if let Some(AccessInfo { uri, user_agent, client }) = access {
         let bytes = if method == Method::HEAD { 0 } else { response.body().size_hint().exact().unwrap_or(0) };
         let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        let user_agent = user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()));
         tracing::info!(
             target: "access",
             method = %method,
-            path = %path,
+            path = uri.path(),
             route = template,
-            status = response.status().as_u16(),
+            status,
             duration_ms,
             bytes,
             request_id = %id,
@@ -138,6 +149,7 @@ async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId
             "request"
         );
     }
+    response.headers_mut().insert(request_id::HEADER, id.into_header_value());
     response
 }
 
@@ -256,7 +268,6 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
 
     fn xff(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
