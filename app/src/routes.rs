@@ -140,11 +140,11 @@ pub(crate) fn debug_enabled(state: &State) -> bool {
     state.config.debug_routes && state.config.env != AppEnv::Prod
 }
 
-/// Runs the handler of the request's method, or answers 405 with `Allow`.
-pub(crate) async fn dispatch(state: &State, matched: Matched, req: Request) -> Result<Response, ApiError> {
-    let method = if req.method() == Method::HEAD { Method::GET } else { req.method().clone() };
-    match matched.route.methods.iter().find(|(m, _)| *m == method) {
-        Some((_, handler)) => handler(state, req, &matched.params).await,
+/// The handler of the request's method, called (its reply is yet to be awaited), or 405 with `Allow`.
+pub(crate) fn dispatch<'a>(state: &'a State, matched: &'a Matched, req: Request) -> Result<Reply<'a>, ApiError> {
+    let method = if req.method() == Method::HEAD { &Method::GET } else { req.method() };
+    match matched.route.methods.iter().find(|(m, _)| m == method) {
+        Some((_, handler)) => Ok(handler(state, req, &matched.params)),
         None => Err(ApiError::method_not_allowed(&allow(matched.route))),
     }
 }

@@ -177,8 +177,12 @@ async fn respond(state: &State, req: Request, matched: Option<Matched>, id: &Req
     let Some(matched) = matched else {
         return ApiError::not_found().to_response(id.as_str());
     };
+    let reply = match routes::dispatch(state, &matched, req) {
+        Ok(reply) => reply,
+        Err(error) => return error.to_response(id.as_str()),
+    };
     let deadline = state.config.request_timeout;
-    let outcome = tokio::time::timeout(deadline, CatchUnwind::new(routes::dispatch(state, matched, req))).await;
+    let outcome = tokio::time::timeout(deadline, CatchUnwind(reply)).await;
     let error = match outcome {
         Ok(Ok(Ok(response))) => return response,
         Ok(Ok(Err(error))) => error,
@@ -205,22 +209,15 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 
 /// A future that turns a panic while polling its inner future into `Err(payload)`, so one bad request costs
 /// a 500 instead of the connection. Unwind safety: a handler that panics is dropped right away; the state it
-/// shares (pool, readiness cache) is behind locks that do not poison.
-struct CatchUnwind<F> {
-    inner: Pin<Box<F>>,
-}
+/// shares (pool, readiness cache) is behind locks that do not poison. The inner future is `Unpin` (a
+/// handler's boxed reply), so it is polled in place.
+struct CatchUnwind<F>(F);
 
-impl<F: Future> CatchUnwind<F> {
-    fn new(inner: F) -> Self {
-        CatchUnwind { inner: Box::pin(inner) }
-    }
-}
-
-impl<F: Future> Future for CatchUnwind<F> {
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
+        let inner = Pin::new(&mut self.0);
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
@@ -305,9 +302,9 @@ mod tests {
     #[test]
     fn panics_become_errors() {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let caught = rt.block_on(CatchUnwind::new(async { panic!("boom {}", 1) }));
+        let caught = rt.block_on(CatchUnwind(Box::pin(async { panic!("boom {}", 1) })));
         let payload = caught.unwrap_err();
         assert_eq!(panic_message(payload.as_ref()), "boom 1");
-        assert_eq!(rt.block_on(CatchUnwind::new(async { 7 })).ok(), Some(7));
+        assert_eq!(rt.block_on(CatchUnwind(Box::pin(async { 7 }))).ok(), Some(7));
     }
 }
