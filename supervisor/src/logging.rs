@@ -149,7 +149,9 @@ pub fn init(settings: &LogSettings) -> std::io::Result<()> {
         let _ = DROPPED.set(words);
     }
     OUTPUT.configure(settings.buffer_bytes);
-    let _ = tracing_subscriber::registry().with(JsonLayer.with_filter(settings.level.filter())).try_init();
+    // The level filters for the whole subscriber, not per layer: a span or event below it is never built,
+    // and the registry keeps no per-layer filter state for each span (the request span of every request).
+    let _ = tracing_subscriber::registry().with(settings.level.filter()).with(JsonLayer).try_init();
     Ok(())
 }
 
