@@ -165,6 +165,10 @@ mod tests {
         reseed();
         let _ = random_u128();
         let (_, new) = GENERATOR.with(Cell::get);
-        assert_ne!(new, old.wrapping_add(GAMMA).wrapping_add(GAMMA), "went on with the sequence from before the reseed");
+        assert_ne!(
+            new,
+            old.wrapping_add(GAMMA).wrapping_add(GAMMA),
+            "went on with the sequence from before the reseed"
+        );
     }
 }

@@ -152,6 +152,9 @@ impl RestartReason {
     }
 }
 
+/// Slots of the master's scoreboard: room for two generations of the largest worker count.
+pub(crate) const SLOTS: usize = 2 * crate::Settings::MAX_WORKERS;
+
 /// The shared table of worker slots, after a small header of master-wide counters.
 #[derive(Clone, Copy)]
 pub struct Scoreboard {
