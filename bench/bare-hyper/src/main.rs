@@ -39,7 +39,17 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build();
-    match runtime.and_then(|rt| rt.block_on(serve(addr))) {
+    // SIGINT ends it (a shell ignores SIGINT in the commands it starts in the background: a handler overrides
+    // that, as the supervisor's do).
+    let run = |rt: tokio::runtime::Runtime| {
+        rt.block_on(async {
+            tokio::select! {
+                served = serve(addr) => served,
+                stopped = tokio::signal::ctrl_c() => stopped,
+            }
+        })
+    };
+    match runtime.and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("bare-hyper: {error}");
