@@ -30,7 +30,7 @@ use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
 use crate::request_id::{self, RequestId};
-use crate::routes::{self, Matched};
+use crate::routes::{self, Matched, Reply};
 use crate::state::State;
 use supervisor::{BootError, BoxFuture, Call, Label, Request, Response, Service, WorkerApp};
 
@@ -115,10 +115,13 @@ async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId
     let started = Instant::now();
     let method = req.method().clone();
     let origin = req.headers().get(ORIGIN).cloned();
-    let access = state.config.access_log.then(|| AccessInfo {
-        uri: req.uri().clone(),
-        user_agent: req.headers().get(USER_AGENT).cloned(),
-        client: client_addr(peer.ip(), req.headers(), &state.config.forwarded_allow_ips),
+    // Boxed: a request's future stays small (it is moved into a box of its own) when access logs are off.
+    let access = state.config.access_log.then(|| {
+        Box::new(AccessInfo {
+            uri: req.uri().clone(),
+            user_agent: req.headers().get(USER_AGENT).cloned(),
+            client: client_addr(peer.ip(), req.headers(), &state.config.forwarded_allow_ips),
+        })
     });
     let matched = routes::resolve(req.uri().path(), routes::debug_enabled(&state));
     let (label, template) =
@@ -126,13 +129,17 @@ async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId
 
     // Recorded as text, not through `Display`: the span keeps a copy, with no formatting machinery.
     let span = tracing::info_span!("request", request_id = id.as_str());
-    let mut response = respond(&state, req, matched, &id).instrument(span).await;
+    let mut response = match span.in_scope(|| answer(&state, req, matched.as_ref(), &id)) {
+        Answer::Now(response) => response,
+        Answer::Later(reply) => finish(&state, reply, &id).instrument(span).await,
+    };
 
     let status = response.status().as_u16();
     state.metrics.record(&method, label, status, started.elapsed());
     state.cors.apply(origin.as_ref(), response.headers_mut());
 
-    if let Some(AccessInfo { uri, user_agent, client }) = access {
+    if let Some(access) = access {
+        let AccessInfo { uri, user_agent, client } = *access;
         let bytes = if method == Method::HEAD { 0 } else { response.body().size_hint().exact().unwrap_or(0) };
         let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
         let user_agent = user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()));
@@ -167,21 +174,32 @@ async fn publish_pool_status(db: Db) {
     }
 }
 
-/// Everything that runs inside the request span.
-async fn respond(state: &State, req: Request, matched: Option<Matched>, id: &RequestId) -> Response {
+/// How a request is answered: at once (a refused head, a CORS preflight, no route, a method the route does
+/// not answer), or by a handler whose reply is still to come.
+enum Answer<'a> {
+    Now(Response),
+    Later(Reply<'a>),
+}
+
+/// Everything up to the handler, without waiting: the handler is called, not awaited.
+fn answer<'a>(state: &'a State, req: Request, matched: Option<&'a Matched>, id: &RequestId) -> Answer<'a> {
     if let Some(refusal) = req.extensions().get::<supervisor::Refusal>() {
-        return ApiError::refused(*refusal).to_response(id.as_str());
+        return Answer::Now(ApiError::refused(*refusal).to_response(id.as_str()));
     }
     if Cors::is_preflight(req.method(), req.headers()) {
-        return state.cors.preflight(req.headers());
+        return Answer::Now(state.cors.preflight(req.headers()));
     }
     let Some(matched) = matched else {
-        return ApiError::not_found().to_response(id.as_str());
+        return Answer::Now(ApiError::not_found().to_response(id.as_str()));
     };
-    let reply = match routes::dispatch(state, &matched, req) {
-        Ok(reply) => reply,
-        Err(error) => return error.to_response(id.as_str()),
-    };
+    match routes::dispatch(state, matched, req) {
+        Ok(reply) => Answer::Later(reply),
+        Err(error) => Answer::Now(error.to_response(id.as_str())),
+    }
+}
+
+/// A handler's reply, awaited under the request deadline (504) with panics caught (500).
+async fn finish(state: &State, reply: Reply<'_>, id: &RequestId) -> Response {
     let deadline = state.config.request_timeout;
     let outcome = tokio::time::timeout(deadline, CatchUnwind(reply)).await;
     let error = match outcome {
