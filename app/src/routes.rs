@@ -100,6 +100,10 @@ pub(crate) fn resolve(path: &str, debug: bool) -> Option<Matched> {
 
 /// The parameters if `path` matches `template` segment by segment; a parameter is one non-empty segment.
 fn match_template(template: &str, path: &str) -> Option<Params> {
+    // A template without parameters (most of them) matches one path: compared whole, not split.
+    if !template.contains('{') {
+        return (template == path).then(Params::default);
+    }
     let (mut t, mut p) = (template.split('/'), path.split('/'));
     let mut params = Vec::new();
     loop {
