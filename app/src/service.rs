@@ -104,6 +104,18 @@ impl Service for AppService {
     }
 }
 
+/// What the way out needs to know about a request, taken before the request goes to its handler.
+struct Taken {
+    started: Instant,
+    method: Method,
+    origin: Option<HeaderValue>,
+    /// The metrics label (route index) and template.
+    label: usize,
+    template: &'static str,
+    /// Only when access logs are on; boxed, so that it takes no room in the request's future otherwise.
+    access: Option<Box<AccessInfo>>,
+}
+
 /// What the access line says about a request beyond its outcome.
 struct AccessInfo {
     uri: Uri,
@@ -111,29 +123,42 @@ struct AccessInfo {
     client: IpAddr,
 }
 
-async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let origin = req.headers().get(ORIGIN).cloned();
-    // Boxed: a request's future stays small (it is moved into a box of its own) when access logs are off.
-    let access = state.config.access_log.then(|| {
-        Box::new(AccessInfo {
-            uri: req.uri().clone(),
-            user_agent: req.headers().get(USER_AGENT).cloned(),
-            client: client_addr(peer.ip(), req.headers(), &state.config.forwarded_allow_ips),
-        })
-    });
+/// The request's future. What needs no waiting is done before it is built, so that it holds only what
+/// lives across the handler's await: it is moved into a box of its own for every request (and an async fn
+/// would hold its arguments twice).
+fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId) -> impl Future<Output = Response> {
     let matched = routes::resolve(req.uri().path(), routes::debug_enabled(&state));
     let (label, template) =
         matched.as_ref().map_or((routes::ROUTES.len(), routes::UNMATCHED), |m| (m.index, m.route.template));
-
-    // Recorded as text, not through `Display`: the span keeps a copy, with no formatting machinery.
-    let span = tracing::info_span!("request", request_id = id.as_str());
-    let mut response = match span.in_scope(|| answer(&state, req, matched.as_ref(), &id)) {
-        Answer::Now(response) => response,
-        Answer::Later(reply) => finish(&state, reply, &id).instrument(span).await,
+    let taken = Taken {
+        started: Instant::now(),
+        method: req.method().clone(),
+        origin: req.headers().get(ORIGIN).cloned(),
+        label,
+        template,
+        access: state.config.access_log.then(|| {
+            Box::new(AccessInfo {
+                uri: req.uri().clone(),
+                user_agent: req.headers().get(USER_AGENT).cloned(),
+                client: client_addr(peer.ip(), req.headers(), &state.config.forwarded_allow_ips),
+            })
+        }),
     };
+    async move {
+        // Recorded as text, not through `Display`: the span keeps a copy, with no formatting machinery.
+        let span = tracing::info_span!("request", request_id = id.as_str());
+        let answer = span.in_scope(|| answer(&state, req, matched.as_ref(), &id));
+        let response = match answer {
+            Answer::Now(response) => response,
+            Answer::Later(reply) => finish(&state, reply, &id).instrument(span).await,
+        };
+        on_the_way_out(&state, response, taken, id)
+    }
+}
 
+/// After the handler: metrics, CORS headers, the access line and `X-Request-ID`.
+fn on_the_way_out(state: &State, mut response: Response, taken: Taken, id: RequestId) -> Response {
+    let Taken { started, method, origin, label, template, access } = taken;
     let status = response.status().as_u16();
     state.metrics.record(&method, label, status, started.elapsed());
     state.cors.apply(origin.as_ref(), response.headers_mut());
