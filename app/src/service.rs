@@ -2,9 +2,10 @@
 //!
 //! 1. `call`: assign the request id (returned as the request's label: the supervisor records it in the
 //!    scoreboard so a hung request can be named).
-//! 2. `handle`: open the `request` span carrying the id; answer CORS preflights; route; run the handler
+//! 2. `handle`, in the `request` span carrying the id: answer CORS preflights; route; run the handler
 //!    under the per-request deadline (504) with panics caught (500); render errors in the contract.
-//! 3. On the way out: CORS headers and `X-Request-ID` on every response, and one `access` log line.
+//! 3. On the way out, still in the span: CORS headers and `X-Request-ID` on every response, and one
+//!    `access` log line.
 //!
 //! Work that only the access log needs (the path, user agent and client address) is done only when access
 //! logs are on.
@@ -144,16 +145,17 @@ fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId) -> i
             })
         }),
     };
+    // Recorded as text, not through `Display`: the span keeps a copy, with no formatting machinery. The
+    // whole future runs in it, entered once for each time it is polled.
+    let span = tracing::info_span!("request", request_id = id.as_str());
     async move {
-        // Recorded as text, not through `Display`: the span keeps a copy, with no formatting machinery.
-        let span = tracing::info_span!("request", request_id = id.as_str());
-        let answer = span.in_scope(|| answer(&state, req, matched.as_ref(), &id));
-        let response = match answer {
+        let response = match answer(&state, req, matched.as_ref(), &id) {
             Answer::Now(response) => response,
-            Answer::Later(reply) => finish(&state, reply, &id).instrument(span).await,
+            Answer::Later(reply) => finish(&state, reply, &id).await,
         };
         on_the_way_out(&state, response, taken, id)
     }
+    .instrument(span)
 }
 
 /// After the handler: metrics, CORS headers, the access line and `X-Request-ID`.
