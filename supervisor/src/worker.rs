@@ -572,7 +572,9 @@ impl HeadWait {
 /// Returns once the connection has waited `timeout` for a request head: a keep-alive connection idle for
 /// `keepalive`, or a client that never finishes its headers (slowloris). The connection's task then drops
 /// the connection, as hyper does when its own header read timeout fires. One timer per connection, moved
-/// only when it fires, instead of hyper's, which is armed and dropped again for every request.
+/// only when it fires, instead of hyper's, which is armed and dropped again for every request. The wait
+/// starts when a response is handed to hyper rather than when hyper has written it, so a client that takes
+/// longer than `timeout` to read a response is closed as well.
 async fn close_on_head_timeout(wait: &HeadWait, timeout: Duration) {
     let mut sleep = std::pin::pin!(tokio::time::sleep(timeout));
     loop {
