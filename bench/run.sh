@@ -9,7 +9,8 @@
 # measures on 127.0.0.1 only:
 #   1. GET /healthz, GET /readyz, POST /api/items: prefork (master + 2 workers, 1 thread each) against the
 #      single-process baseline (--workers 0, one multi-thread runtime with 2 threads): req/s, p50, p99,
-#      errors and the ratio prefork/baseline; then GET /healthz again with access logs on.
+#      errors and the ratio prefork/baseline; GET /healthz also against bare hyper (bench/bare-hyper: the
+#      same answer from a minimal tokio + hyper server, 2 threads); then GET /healthz with access logs on.
 #   2. RSS and PSS of each server's process tree, idle (just started) and loaded (peak during the runs).
 #   3. A HUP reload under load: failed requests, throughput during the reload window against steady state.
 #   4. Worker replacement: kill -9 a worker, time until the master reports its replacement ready.
@@ -27,14 +28,16 @@
 #   --compare BIN     also measure GET /healthz with access logs on against another build of the server (for
 #                     example one built from an earlier commit), prefork, in COMPARE_ROUNDS (3) alternating
 #                     pairs, and report the ratio of the two: a before/after measured in the same run. Adds
-#                     about a minute.
+#                     about a minute. COMPARE_ACCESS_LOG=false compares with access logs off instead.
 # Environment: BENCH_BIN=PATH measures that binary instead (no build), e.g. one built with other profile
-# settings; PG_BIN=DIR takes the PostgreSQL server binaries from DIR.
+# settings; BARE_BIN=PATH the bare hyper server (default target/release/bare-hyper, built with the rest);
+# PG_BIN=DIR takes the PostgreSQL server binaries from DIR.
 set -euo pipefail
 export LC_ALL=C
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${BENCH_BIN:-"$ROOT/target/release/supervisor"}  # BENCH_BIN: measure another build (implies --no-build)
+BARE_BIN=${BARE_BIN:-"$ROOT/target/release/bare-hyper"}  # the yardstick: bench/bare-hyper
 LUA="$ROOT/bench/wrk.lua"
 OUT="$ROOT/bench/results.md"
 DURATION=8          # seconds per measured wrk run
@@ -54,6 +57,7 @@ EXTRA=0
 BUILD=1
 COMPARE_BIN=""
 COMPARE_ROUNDS=${COMPARE_ROUNDS:-3}
+COMPARE_ACCESS_LOG=${COMPARE_ACCESS_LOG:-true}
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -266,6 +270,22 @@ EOF
     die "server $name not ready within 30 s: $(tail -5 "$logf")"
 }
 
+# start_bare NAME THREADS: the bare hyper server (one process, no master, no app), measured like the others.
+start_bare() {
+    local name=$1 threads=$2 port pid i
+    port=$(free_port)
+    "$BARE_BIN" "127.0.0.1:$port" "$threads" >"$WORK/$name.log" 2>&1 </dev/null &
+    pid=$!
+    # `ours` recognises the server's processes by this string in their command line.
+    SRV_PID[$name]=$pid; SRV_PORT[$name]=$port; SRV_WORKERS[$name]=0; SRV_LOG[$name]="$WORK/$name.log"; SRV_CFG[$name]="127.0.0.1:$port"
+    for i in $(seq 100); do
+        alive "$pid" || die "server $name exited at start: $(cat "$WORK/$name.log")"
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz" 2>/dev/null && { log "server $name: pid $pid, port $port, threads $threads"; return 0; }
+        sleep 0.1
+    done
+    die "server $name not answering within 10 s"
+}
+
 url_of() { echo "http://127.0.0.1:${SRV_PORT[$1]}$2"; }
 
 # run_wrk OUTFILE SECONDS URL [VAR=VALUE ...]: wrk with bench/wrk.lua; the environment configures the script.
@@ -349,6 +369,7 @@ if [ "$BUILD" = 1 ] && [ -z "${BENCH_BIN:-}" ]; then
     (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
+[ -x "$BARE_BIN" ] || die "$BARE_BIN not found (cargo build --release -p bare-hyper, or set BARE_BIN)"
 
 if [ "$WAIT_IDLE" -gt 0 ]; then
     waited=0
@@ -410,6 +431,7 @@ log "postgres pid $PG_PID on port $PG_PORT, migrated"
 phase "start servers"
 start_server prefork 2 1 false
 start_server baseline 0 2 false
+start_bare bare 2
 sleep 1
 read -r "R[prefork.idle.rss]" "R[prefork.idle.pss]" <<<"$(tree_mem "${SRV_PID[prefork]}")"
 read -r "R[baseline.idle.rss]" "R[baseline.idle.pss]" <<<"$(tree_mem "${SRV_PID[baseline]}")"
@@ -425,7 +447,9 @@ for target in "healthz /healthz" "readyz /readyz" "items /api/items"; do
     [ "$key" = items ] && extra=(BENCH_METHOD=POST "BENCH_BODY=$POST_BODY")
     measure prefork "$key" "$path" "${extra[@]}"
     measure baseline "$key" "$path" "${extra[@]}"
+    [ "$key" = healthz ] && measure bare healthz /healthz
 done
+stop_server bare
 for s in prefork baseline; do
     R[$s.load.rss]=$(colmax "$WORK/mem-$s.txt" 1)
     R[$s.load.pss]=$(colmax "$WORK/mem-$s.txt" 2)
@@ -611,23 +635,27 @@ stop_server baseline_log
 # ---------------------------------------------------------------------------------------------------------
 # Optional: this build against another one (--compare), access logs on, alternating pairs of runs.
 
-CMP_THIS=(); CMP_OTHER=()
+CMP_THIS=(); CMP_OTHER=(); CMP_THIS_CPU=(); CMP_OTHER_CPU=()
+CMP_LOG=$([ "$COMPARE_ACCESS_LOG" = true ] && echo on || echo off)
 if [ -n "$COMPARE_BIN" ]; then
-    phase "access logs on, against $COMPARE_BIN"
+    phase "access logs $CMP_LOG, against $COMPARE_BIN"
     [ -x "$COMPARE_BIN" ] || die "--compare: $COMPARE_BIN is not an executable"
-    start_server cmp_this 2 1 true
-    START_BIN=$COMPARE_BIN start_server cmp_other 2 1 true
+    start_server cmp_this 2 1 "$COMPARE_ACCESS_LOG"
+    START_BIN=$COMPARE_BIN start_server cmp_other 2 1 "$COMPARE_ACCESS_LOG"
     for i in $(seq "$COMPARE_ROUNDS"); do
         measure cmp_this "healthz$i" /healthz
         measure cmp_other "healthz$i" /healthz
         CMP_THIS+=("${R[cmp_this.healthz$i.rps]}"); CMP_OTHER+=("${R[cmp_other.healthz$i.rps]}")
+        CMP_THIS_CPU+=("${R[cmp_this.healthz$i.cpu]}"); CMP_OTHER_CPU+=("${R[cmp_other.healthz$i.cpu]}")
     done
     R[cmp_this.dropped]=$(log_dropped cmp_this)
     stop_server cmp_this
     stop_server cmp_other
     R[cmp.this]=$(printf '%s\n' "${CMP_THIS[@]}" | awk '{ s += $1 } END { print s / NR }')
     R[cmp.other]=$(printf '%s\n' "${CMP_OTHER[@]}" | awk '{ s += $1 } END { print s / NR }')
-    log "access logs on: this build $(int "${R[cmp.this]}") req/s, $COMPARE_BIN $(int "${R[cmp.other]}") req/s (means of $COMPARE_ROUNDS), ratio $(ratio "${R[cmp.this]}" "${R[cmp.other]}")"
+    R[cmp.this_cpu]=$(printf '%s\n' "${CMP_THIS_CPU[@]}" | awk '{ s += $1 } END { printf "%.1f", s / NR }')
+    R[cmp.other_cpu]=$(printf '%s\n' "${CMP_OTHER_CPU[@]}" | awk '{ s += $1 } END { printf "%.1f", s / NR }')
+    log "access logs $CMP_LOG: this build $(int "${R[cmp.this]}") req/s, $COMPARE_BIN $(int "${R[cmp.other]}") req/s (means of $COMPARE_ROUNDS), ratio $(ratio "${R[cmp.this]}" "${R[cmp.other]}"); server CPU ${R[cmp.this_cpu]} / ${R[cmp.other_cpu]} us/request"
 fi
 
 # ---------------------------------------------------------------------------------------------------------
@@ -695,12 +723,19 @@ table() {
         row "$path server CPU us/request" "${R[prefork.$key.cpu]}" "${R[baseline.$key.cpu]}" "$(ratio "${R[prefork.$key.cpu]}" "${R[baseline.$key.cpu]}")" "" ""
         row "$path errors" "${R[prefork.$key.err]} / ${R[prefork.$key.n]}" "${R[baseline.$key.err]} / ${R[baseline.$key.n]}" "" "0" "$(verdict "${R[prefork.$key.err]} == 0 && ${R[baseline.$key.err]} == 0")"
     done
+    # The same answer from bare hyper: what the process model and the app's per-request work cost together.
+    rp=${R[prefork.healthz.rps]}; rb=${R[bare.healthz.rps]}
+    row "GET /healthz req/s, prefork / bare hyper (1 process, 2 threads)" "$(int "$rp")" "$(int "$rb") (bare)" "$(ratio "$rp" "$rb")" "ratio >= 0.90" "$(verdict "$rp >= 0.9 * $rb")"
+    row "GET /healthz p99 ms, prefork / bare hyper" "$(ms "${R[prefork.healthz.p99]}")" "$(ms "${R[bare.healthz.p99]}") (bare)" "$(ratio "${R[prefork.healthz.p99]}" "${R[bare.healthz.p99]}")" "" ""
+    row "GET /healthz server CPU us/request, prefork / bare hyper" "${R[prefork.healthz.cpu]}" "${R[bare.healthz.cpu]} (bare)" "$(ratio "${R[prefork.healthz.cpu]}" "${R[bare.healthz.cpu]}")" "ratio <= 1.15" "$(verdict "${R[prefork.healthz.cpu]} <= 1.15 * ${R[bare.healthz.cpu]}")"
+    row "GET /healthz errors, bare hyper" "" "${R[bare.healthz.err]} / ${R[bare.healthz.n]}" "" "0" "$(verdict "${R[bare.healthz.err]} == 0")"
     rp=${R[prefork_log.healthz.rps]}; rb=${R[baseline_log.healthz.rps]}
     row "GET /healthz req/s, access log on" "$(int "$rp") ($(ratio "$rp" "${R[prefork.healthz.rps]}") x off)" "$(int "$rb") ($(ratio "$rb" "${R[baseline.healthz.rps]}") x off)" "$(ratio "$rp" "$rb")" "" ""
     row "GET /healthz p99 ms, access log on" "$(ms "${R[prefork_log.healthz.p99]}")" "$(ms "${R[baseline_log.healthz.p99]}")" "$(ratio "${R[prefork_log.healthz.p99]}" "${R[baseline_log.healthz.p99]}")" "" ""
     row "log lines dropped in the access-log runs" "${R[prefork_log.dropped]}" "${R[baseline_log.dropped]}" "" "0" "$(verdict "\"${R[prefork_log.dropped]}\" == \"0\" && \"${R[baseline_log.dropped]}\" == \"0\"")"
     if [ -n "$COMPARE_BIN" ]; then
-        row "GET /healthz req/s, access log on, prefork: this build / --compare build (means of $COMPARE_ROUNDS alternating runs)" "$(int "${R[cmp.this]}") ($(printf '%.0f ' "${CMP_THIS[@]}"| sed 's/ $//'))" "$(int "${R[cmp.other]}") ($(printf '%.0f ' "${CMP_OTHER[@]}" | sed 's/ $//'))" "$(ratio "${R[cmp.this]}" "${R[cmp.other]}")" "ratio >= 1.00" "$(verdict "${R[cmp.this]} >= ${R[cmp.other]}")"
+        row "GET /healthz req/s, access log $CMP_LOG, prefork: this build / --compare build (means of $COMPARE_ROUNDS alternating runs)" "$(int "${R[cmp.this]}") ($(printf '%.0f ' "${CMP_THIS[@]}"| sed 's/ $//'))" "$(int "${R[cmp.other]}") ($(printf '%.0f ' "${CMP_OTHER[@]}" | sed 's/ $//'))" "$(ratio "${R[cmp.this]}" "${R[cmp.other]}")" "ratio >= 1.00" "$(verdict "${R[cmp.this]} >= ${R[cmp.other]}")"
+        row "GET /healthz server CPU us/request, access log $CMP_LOG, prefork: this build / --compare build" "${R[cmp.this_cpu]} (${CMP_THIS_CPU[*]})" "${R[cmp.other_cpu]} (${CMP_OTHER_CPU[*]})" "$(ratio "${R[cmp.this_cpu]}" "${R[cmp.other_cpu]}")" "" ""
     fi
     rp=${R[prefork.scraped.rps]}
     row "GET /healthz with /metrics scraped back to back: req/s" "$(int "$rp") ($(ratio "$rp" "${R[prefork.healthz.rps]}") x unscraped)" "" "" "" ""
@@ -751,7 +786,7 @@ TOTAL_S=$(awk -v a="$START_US" -v b="$(now_us)" 'BEGIN{printf "%.0f", (b-a)/1e6}
     echo "- commit: $COMMIT${BENCH_BIN:+; binary: $BENCH_BIN}${COMPARE_BIN:+; compared with: $COMPARE_BIN}"
     echo "- load: client (wrk), servers and PostgreSQL share the machine; $IDLE_NOTE"
     echo "- wrk: $WRK_THREADS threads, $CONNS connections, ${WARMUP} s warm-up then ${DURATION} s measured per row, keep-alive; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') (fsync off)"
-    echo "- servers: access_log off except where noted; prod env; pool_size 4 per worker; log to a file"
+    echo "- servers: access_log off except where noted; prod env; pool_size 4 per worker; log to a file; bare hyper: bench/bare-hyper, 2 threads"
     echo "- run time: ${TOTAL_S} s, of which ${WAITED} s waiting for an idle machine"
     echo
     echo "$TABLE"
@@ -768,6 +803,7 @@ TOTAL_S=$(awk -v a="$START_US" -v b="$(now_us)" 'BEGIN{printf "%.0f", (b-a)/1e6}
     for k in healthz readyz items; do
         for m in prefork baseline; do split_lines+=("$m $k: ${R[$m.$k.split]}"); done
     done
+    split_lines+=("bare hyper healthz: ${R[bare.healthz.split]}")
     split_lines+=("prefork healthz with /metrics scraped (the scraping client counts as other): ${R[prefork.scraped.split]}")
     for m in prefork_log baseline_log; do split_lines+=("$m healthz: ${R[$m.healthz.split]}"); done
     for i in $(seq ${#CMP_THIS[@]}); do

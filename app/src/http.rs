@@ -11,8 +11,19 @@ use supervisor::{Request, Response};
 
 /// A JSON response. Serialising our own `Value`s and derived structs cannot fail.
 pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
-    let bytes = serde_json::to_vec(body).expect("serialising a JSON response");
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    // Room for the usual document (an item, an error), so that the buffer is not grown while writing.
+    let mut bytes = Vec::with_capacity(256);
+    serde_json::to_writer(&mut bytes, body).expect("serialising a JSON response");
+    json_bytes(status, Bytes::from(bytes))
+}
+
+/// A JSON response with a body fixed at compile time: nothing to serialise or allocate.
+pub fn json_static(status: StatusCode, body: &'static str) -> Response {
+    json_bytes(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response

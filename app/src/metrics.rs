@@ -1,19 +1,19 @@
 //! Prometheus metrics, aggregated over every worker by construction.
 //!
 //! HTTP counters and histograms live in 64-bit atomic words that the binary allocates in shared memory
-//! before the first worker is forked ([`Metrics::shared`]): every worker, of every generation, adds into the
-//! same words, so any worker renders the totals, and totals never go backwards when a worker is replaced.
-//! There is no lock on the request path: recording a request is three atomic additions.
+//! before the first worker is forked ([`Metrics::shared`]), in one shard per worker slot: each worker adds
+//! into its own shard, any worker renders the sums, and totals never go backwards when a worker is replaced
+//! (its successor in the slot adds on to the same shard). There is no lock on the request path: recording a
+//! request is three atomic additions to words no other worker writes.
 //!
 //! Cardinality is bounded by construction: label values come from fixed lists (methods, route templates,
 //! status codes; anything else is `other`), so the number of series is known in advance.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::Method;
-use supervisor::stats::ServerStats;
+use supervisor::stats::{ServerStats, ShardedCounters};
 
 const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"];
 const STATUSES: [u16; 20] =
@@ -39,7 +39,7 @@ pub(crate) const GAUGE_READY: usize = 3;
 /// The HTTP metrics of the whole server.
 #[derive(Clone, Copy)]
 pub struct Metrics {
-    words: &'static [AtomicU64],
+    counters: ShardedCounters,
 }
 
 impl Metrics {
@@ -48,32 +48,33 @@ impl Metrics {
 
     /// Metrics in memory shared with every worker forked later. Call once, before the server starts.
     pub fn shared() -> std::io::Result<Metrics> {
-        Ok(Metrics { words: supervisor::stats::shared_counters(Self::WORDS)? })
+        Ok(Metrics { counters: ShardedCounters::shared(Self::WORDS)? })
     }
 
     /// Metrics private to this process (tests, tools).
     pub fn private() -> Metrics {
-        let words: Vec<AtomicU64> = (0..Self::WORDS).map(|_| AtomicU64::new(0)).collect();
-        Metrics { words: Vec::leak(words) }
+        Metrics { counters: ShardedCounters::private(Self::WORDS) }
     }
 
     /// Counts one finished request.
     pub(crate) fn record(&self, method: &Method, route: usize, status: u16, elapsed: Duration) {
         let m = METHODS.iter().position(|m| *m == method.as_str()).unwrap_or(METHODS.len() - 1);
         let s = STATUSES.iter().position(|s| *s == status).unwrap_or(OTHER_STATUS);
-        self.words[(route * METHODS.len() + m) * (STATUSES.len() + 1) + s].fetch_add(1, Ordering::Relaxed);
+        self.counters.add((route * METHODS.len() + m) * (STATUSES.len() + 1) + s, 1);
         let seconds = elapsed.as_secs_f64();
         let bucket = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
         let base = REQUEST_WORDS + route * HISTOGRAM_STRIDE;
-        self.words[base + bucket].fetch_add(1, Ordering::Relaxed);
-        self.words[base + BUCKETS.len() + 1].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.counters.add(base + bucket, 1);
+        self.counters.add(base + BUCKETS.len() + 1, elapsed.as_micros() as u64);
     }
 
     /// The Prometheus text exposition (format 0.0.4) of the HTTP metrics and the server's statistics.
     /// `routes` are the route labels by index, as [`Metrics::record`] was given them.
     pub(crate) fn render(&self, server: &ServerStats, version: &str, routes: &[&str]) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let load = |i: usize| self.words[i].load(Ordering::Relaxed);
+        // Summed once, so that the cumulative buckets and the count agree.
+        let totals = self.counters.totals();
+        let load = |i: usize| totals[i];
 
         header(
             &mut out,
@@ -99,7 +100,6 @@ impl Metrics {
         header(&mut out, "http_request_duration_seconds", "histogram", "Time to answer a request, by route template.");
         for (r, route) in routes.iter().enumerate().take(ROUTES) {
             let base = REQUEST_WORDS + r * HISTOGRAM_STRIDE;
-            // Read each bucket once so that the cumulative counts and the count are consistent.
             let counts: Vec<u64> = (0..=BUCKETS.len()).map(|b| load(base + b)).collect();
             let total: u64 = counts.iter().sum();
             if total == 0 {

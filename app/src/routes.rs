@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::config::AppEnv;
 use crate::error::{ApiError, FieldError};
-use crate::http::{json_response, query_param};
+use crate::http::{json_response, json_static, query_param};
 use crate::items;
 use crate::openapi;
 use crate::state::State;
@@ -107,6 +107,10 @@ pub(crate) fn resolve(path: &str, debug: bool) -> Option<Matched> {
 
 /// The parameters if `path` matches `template` segment by segment; a parameter is one non-empty segment.
 fn match_template(template: &str, path: &str) -> Option<Params> {
+    // A template without parameters (most of them) matches one path: compared whole, not split.
+    if !template.contains('{') {
+        return (template == path).then(Params::default);
+    }
     let (mut t, mut p) = (template.split('/'), path.split('/'));
     let mut params = Vec::new();
     loop {
@@ -147,17 +151,20 @@ pub(crate) fn debug_enabled(state: &State) -> bool {
     state.config.debug_routes && state.config.env != AppEnv::Prod
 }
 
-/// Runs the handler of the request's method, or answers 405 with `Allow`.
-pub(crate) async fn dispatch(state: &State, matched: Matched, req: Request) -> Result<Response, ApiError> {
-    let method = if req.method() == Method::HEAD { Method::GET } else { req.method().clone() };
-    match matched.route.methods.iter().find(|(m, _)| *m == method) {
-        Some((_, handler)) => handler(state, req, &matched.params).await,
+/// The handler of the request's method, called (its reply is yet to be awaited), or 405 with `Allow`.
+pub(crate) fn dispatch<'a>(state: &'a State, matched: &'a Matched, req: Request) -> Result<Reply<'a>, ApiError> {
+    let method = if req.method() == Method::HEAD { &Method::GET } else { req.method() };
+    match matched.route.methods.iter().find(|(m, _)| m == method) {
+        Some((_, handler)) => Ok(handler(state, req, &matched.params)),
         None => Err(ApiError::method_not_allowed(&allow(matched.route))),
     }
 }
 
+/// The body of `GET /healthz`, `{"status":"ok"}`, written out: the most frequent request serialises nothing.
+const HEALTHZ: &str = r#"{"status":"ok"}"#;
+
 async fn healthz(_: &State, _: Request, _: &Params) -> Result<Response, ApiError> {
-    Ok(json_response(StatusCode::OK, &json!({ "status": "ok" })))
+    Ok(json_static(StatusCode::OK, HEALTHZ))
 }
 
 async fn readyz(state: &State, _: Request, _: &Params) -> Result<Response, ApiError> {
@@ -269,6 +276,12 @@ mod tests {
         assert_eq!(allow(item.route), "GET, HEAD, DELETE");
         assert_eq!(allow(resolve("/healthz", false).unwrap().route), "GET, HEAD");
         assert_eq!(cors_methods(), "GET, HEAD, POST, DELETE, OPTIONS");
+    }
+
+    #[test]
+    fn healthz_body_is_the_json_document() {
+        assert_eq!(serde_json::from_str::<serde_json::Value>(HEALTHZ).unwrap(), json!({ "status": "ok" }));
+        assert_eq!(HEALTHZ, json!({ "status": "ok" }).to_string());
     }
 
     #[test]

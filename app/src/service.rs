@@ -1,10 +1,14 @@
 //! The request pipeline around every handler, in order:
 //!
-//! 1. `label`: assign the request id (kept in the request's extensions; the supervisor records it in the
+//! 1. `call`: assign the request id (returned as the request's label: the supervisor records it in the
 //!    scoreboard so a hung request can be named).
-//! 2. `call`: open the `request` span carrying the id; answer CORS preflights; route; run the handler under
-//!    the per-request deadline (504) with panics caught (500); render errors in the contract.
-//! 3. On the way out: `X-Request-ID` and CORS headers on every response, then one `access` log line.
+//! 2. `handle`, in the `request` span carrying the id: answer CORS preflights; route; run the handler
+//!    under the per-request deadline (504) with panics caught (500); render errors in the contract.
+//! 3. On the way out, still in the span: CORS headers and `X-Request-ID` on every response, and one
+//!    `access` log line.
+//!
+//! Work that only the access log needs (the path, user agent and client address) is done only when access
+//! logs are on.
 
 use std::any::Any;
 use std::future::Future;
@@ -15,9 +19,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use hyper::Method;
 use hyper::body::Body as _;
 use hyper::header::{HeaderMap, HeaderValue, ORIGIN, USER_AGENT};
+use hyper::{Method, Uri};
 use tracing::Instrument;
 
 use crate::config::{Config, TrustedProxies};
@@ -27,9 +31,9 @@ use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
 use crate::request_id::{self, RequestId};
-use crate::routes::{self, Matched};
+use crate::routes::{self, Matched, Reply};
 use crate::state::State;
-use supervisor::{BootError, BoxFuture, Request, Response, Service, WorkerApp};
+use supervisor::{BootError, BoxFuture, Call, Label, Request, Response, Service, WorkerApp};
 
 /// The application as the binary hands it to the supervisor. Holds only configuration: everything that
 /// touches tokio or the network is built in [`WorkerApp::boot`], inside each worker.
@@ -56,6 +60,8 @@ impl WorkerApp for App {
         let config = self.config.clone();
         let metrics = self.metrics;
         Box::pin(async move {
+            // Request ids drawn in this process must not follow a sequence another process also holds.
+            request_id::reseed();
             if !config.debug_boot_delay.is_zero() {
                 tracing::info!(
                     delay_ms = config.debug_boot_delay.as_millis() as u64,
@@ -93,48 +99,83 @@ struct AppService {
 }
 
 impl Service for AppService {
-    fn label(&self, req: &mut Request) -> Option<String> {
+    fn call(&self, req: Request, peer: SocketAddr) -> Call {
         let id = RequestId::from_headers(req.headers());
-        let label = id.as_str().to_owned();
-        req.extensions_mut().insert(id);
-        Some(label)
-    }
-
-    fn call(&self, mut req: Request, peer: SocketAddr) -> BoxFuture<Response> {
-        let id = req.extensions_mut().remove::<RequestId>().unwrap_or_else(|| RequestId::from_headers(req.headers()));
-        Box::pin(handle(self.state.clone(), req, peer, id))
+        Call { label: Label::new(id.as_str()), response: Box::pin(handle(self.state.clone(), req, peer, id)) }
     }
 }
 
-async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let origin = req.headers().get(ORIGIN).cloned();
-    let user_agent = req.headers().get(USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let client = client_addr(peer.ip(), req.headers(), &state.config.forwarded_allow_ips);
-    let matched = routes::resolve(&path, routes::debug_enabled(&state));
+/// What the way out needs to know about a request, taken before the request goes to its handler.
+struct Taken {
+    started: Instant,
+    method: Method,
+    origin: Option<HeaderValue>,
+    /// The metrics label (route index) and template.
+    label: usize,
+    template: &'static str,
+    /// Only when access logs are on; boxed, so that it takes no room in the request's future otherwise.
+    access: Option<Box<AccessInfo>>,
+}
+
+/// What the access line says about a request beyond its outcome.
+struct AccessInfo {
+    uri: Uri,
+    user_agent: Option<HeaderValue>,
+    client: IpAddr,
+}
+
+/// The request's future. What needs no waiting is done before it is built, so that it holds only what
+/// lives across the handler's await: it is moved into a box of its own for every request (and an async fn
+/// would hold its arguments twice).
+fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId) -> impl Future<Output = Response> {
+    let matched = routes::resolve(req.uri().path(), routes::debug_enabled(&state));
     let (label, template) =
         matched.as_ref().map_or((routes::ROUTES.len(), routes::UNMATCHED), |m| (m.index, m.route.template));
+    let taken = Taken {
+        started: Instant::now(),
+        method: req.method().clone(),
+        origin: req.headers().get(ORIGIN).cloned(),
+        label,
+        template,
+        access: state.config.access_log.then(|| {
+            Box::new(AccessInfo {
+                uri: req.uri().clone(),
+                user_agent: req.headers().get(USER_AGENT).cloned(),
+                client: client_addr(peer.ip(), req.headers(), &state.config.forwarded_allow_ips),
+            })
+        }),
+    };
+    // Recorded as text, not through `Display`: the span keeps a copy, with no formatting machinery. The
+    // whole future runs in it, entered once for each time it is polled.
+    let span = tracing::info_span!("request", request_id = id.as_str());
+    async move {
+        let response = match answer(&state, req, matched.as_ref(), &id) {
+            Answer::Now(response) => response,
+            Answer::Later(reply) => finish(&state, reply, &id).await,
+        };
+        on_the_way_out(&state, response, taken, id)
+    }
+    .instrument(span)
+}
 
-    let span = tracing::info_span!("request", request_id = %id);
-    let mut response = respond(&state, req, matched, &id).instrument(span).await;
-
+/// After the handler: metrics, CORS headers, the access line and `X-Request-ID`.
+fn on_the_way_out(state: &State, mut response: Response, taken: Taken, id: RequestId) -> Response {
+    let Taken { started, method, origin, label, template, access } = taken;
     let status = response.status().as_u16();
     state.metrics.record(&method, label, status, started.elapsed());
-    let headers = response.headers_mut();
-    headers.insert(request_id::HEADER, HeaderValue::from_str(id.as_str()).expect("request ids are header-safe"));
-    state.cors.apply(origin.as_ref(), headers);
+    state.cors.apply(origin.as_ref(), response.headers_mut());
 
-    if state.config.access_log {
+    if let Some(access) = access {
+        let AccessInfo { uri, user_agent, client } = *access;
         let bytes = if method == Method::HEAD { 0 } else { response.body().size_hint().exact().unwrap_or(0) };
         let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        let user_agent = user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()));
         tracing::info!(
             target: "access",
             method = %method,
-            path = %path,
+            path = uri.path(),
             route = template,
-            status = response.status().as_u16(),
+            status,
             duration_ms,
             bytes,
             request_id = %id,
@@ -143,6 +184,7 @@ async fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId
             "request"
         );
     }
+    response.headers_mut().insert(request_id::HEADER, id.into_header_value());
     response
 }
 
@@ -159,19 +201,34 @@ async fn publish_pool_status(db: Db) {
     }
 }
 
-/// Everything that runs inside the request span.
-async fn respond(state: &State, req: Request, matched: Option<Matched>, id: &RequestId) -> Response {
+/// How a request is answered: at once (a refused head, a CORS preflight, no route, a method the route does
+/// not answer), or by a handler whose reply is still to come.
+enum Answer<'a> {
+    Now(Response),
+    Later(Reply<'a>),
+}
+
+/// Everything up to the handler, without waiting: the handler is called, not awaited.
+fn answer<'a>(state: &'a State, req: Request, matched: Option<&'a Matched>, id: &RequestId) -> Answer<'a> {
     if let Some(refusal) = req.extensions().get::<supervisor::Refusal>() {
-        return ApiError::refused(*refusal).to_response(id.as_str());
+        return Answer::Now(ApiError::refused(*refusal).to_response(id.as_str()));
     }
     if Cors::is_preflight(req.method(), req.headers()) {
-        return state.cors.preflight(req.headers());
+        return Answer::Now(state.cors.preflight(req.headers()));
     }
     let Some(matched) = matched else {
-        return ApiError::not_found().to_response(id.as_str());
+        return Answer::Now(ApiError::not_found().to_response(id.as_str()));
     };
+    match routes::dispatch(state, matched, req) {
+        Ok(reply) => Answer::Later(reply),
+        Err(error) => Answer::Now(error.to_response(id.as_str())),
+    }
+}
+
+/// A handler's reply, awaited under the request deadline (504) with panics caught (500).
+async fn finish(state: &State, reply: Reply<'_>, id: &RequestId) -> Response {
     let deadline = state.config.request_timeout;
-    let outcome = tokio::time::timeout(deadline, CatchUnwind::new(routes::dispatch(state, matched, req))).await;
+    let outcome = tokio::time::timeout(deadline, CatchUnwind(reply)).await;
     let error = match outcome {
         Ok(Ok(Ok(response))) => return response,
         Ok(Ok(Err(error))) => error,
@@ -198,22 +255,15 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 
 /// A future that turns a panic while polling its inner future into `Err(payload)`, so one bad request costs
 /// a 500 instead of the connection. Unwind safety: a handler that panics is dropped right away; the state it
-/// shares (pool, readiness cache) is behind locks that do not poison.
-struct CatchUnwind<F> {
-    inner: Pin<Box<F>>,
-}
+/// shares (pool, readiness cache) is behind locks that do not poison. The inner future is `Unpin` (a
+/// handler's boxed reply), so it is polled in place.
+struct CatchUnwind<F>(F);
 
-impl<F: Future> CatchUnwind<F> {
-    fn new(inner: F) -> Self {
-        CatchUnwind { inner: Box::pin(inner) }
-    }
-}
-
-impl<F: Future> Future for CatchUnwind<F> {
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
+        let inner = Pin::new(&mut self.0);
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
@@ -298,9 +348,9 @@ mod tests {
     #[test]
     fn panics_become_errors() {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let caught = rt.block_on(CatchUnwind::new(async { panic!("boom {}", 1) }));
+        let caught = rt.block_on(CatchUnwind(Box::pin(async { panic!("boom {}", 1) })));
         let payload = caught.unwrap_err();
         assert_eq!(panic_message(payload.as_ref()), "boom 1");
-        assert_eq!(rt.block_on(CatchUnwind::new(async { 7 })).ok(), Some(7));
+        assert_eq!(rt.block_on(CatchUnwind(Box::pin(async { 7 }))).ok(), Some(7));
     }
 }

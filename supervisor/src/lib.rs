@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use master::{Reloader, run};
-pub use service::{Body, BootError, BoxFuture, Refusal, Request, Response, Service, WorkerApp};
+pub use service::{Body, BootError, BoxFuture, Call, Label, Refusal, Request, Response, Service, WorkerApp};
 pub use settings::{Limits, Settings};
 pub use worker::serve_in_process;
 

@@ -149,7 +149,9 @@ pub fn init(settings: &LogSettings) -> std::io::Result<()> {
         let _ = DROPPED.set(words);
     }
     OUTPUT.configure(settings.buffer_bytes);
-    let _ = tracing_subscriber::registry().with(JsonLayer.with_filter(settings.level.filter())).try_init();
+    // The level filters for the whole subscriber, not per layer: a span or event below it is never built,
+    // and the registry keeps no per-layer filter state for each span (the request span of every request).
+    let _ = tracing_subscriber::registry().with(settings.level.filter()).with(JsonLayer).try_init();
     Ok(())
 }
 
@@ -273,21 +275,52 @@ impl<S: FieldSink> Visit for Fields<'_, S> {
 /// A span field as kept until its events are rendered: text (cut at [`FIELD_MAX`], escaped when rendered,
 /// so that a tighter limit can still apply), or a JSON number or boolean.
 enum Stored {
-    Text { kept: String, cut: usize },
+    /// Text of at most [`SHORT_TEXT`] bytes, kept inline: a span with such fields (the request span and its
+    /// id) is recorded without allocating.
+    Short {
+        len: u8,
+        bytes: [u8; SHORT_TEXT],
+    },
+    Text {
+        kept: String,
+        cut: usize,
+    },
     Json(String),
 }
 
-/// A span's fields, recorded when the span is created (or recorded later): name and value.
+/// The longest text a span keeps inline.
+const SHORT_TEXT: usize = 128;
+
+impl Stored {
+    fn text(s: &str) -> Stored {
+        if s.len() <= SHORT_TEXT {
+            let mut bytes = [0; SHORT_TEXT];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            return Stored::Short { len: s.len() as u8, bytes };
+        }
+        let (kept, cut) = cut_at(s, FIELD_MAX);
+        Stored::Text { kept: kept.to_string(), cut }
+    }
+}
+
+/// A span's fields, recorded when the span is created (or recorded later): name and value. The first one
+/// is kept apart from the others, so that a span of one field needs no list.
 #[derive(Default)]
-struct SpanFields(Vec<(&'static str, Stored)>);
+struct SpanFields {
+    first: Option<(&'static str, Stored)>,
+    more: Vec<(&'static str, Stored)>,
+}
+
+impl SpanFields {
+    fn iter(&self) -> impl Iterator<Item = &(&'static str, Stored)> {
+        self.first.iter().chain(&self.more)
+    }
+}
 
 impl FieldSink for SpanFields {
     fn field(&mut self, name: &'static str, value: FieldValue<'_>) {
         let stored = match value {
-            FieldValue::Str(s) => {
-                let (kept, cut) = cut_at(s, FIELD_MAX);
-                Stored::Text { kept: kept.to_string(), cut }
-            }
+            FieldValue::Str(s) => Stored::text(s),
             FieldValue::Debug(d) => {
                 let mut kept = String::new();
                 let cut = write_capped(&mut kept, d, FIELD_MAX, false);
@@ -299,9 +332,12 @@ impl FieldSink for SpanFields {
                 Stored::Json(json)
             }
         };
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, old)) => *old = stored,
-            None => self.0.push((name, stored)),
+        if let Some((_, old)) = self.first.iter_mut().chain(&mut self.more).find(|(n, _)| *n == name) {
+            *old = stored;
+        } else if self.first.is_none() {
+            self.first = Some((name, stored));
+        } else {
+            self.more.push((name, stored));
         }
     }
 }
@@ -427,7 +463,7 @@ where
         for span in scope {
             let extensions = span.extensions();
             let Some(fields) = extensions.get::<SpanFields>() else { continue };
-            for (name, value) in &fields.0 {
+            for (name, value) in fields.iter() {
                 if written.contains(name) || FIXED_KEYS.contains(name) {
                     continue;
                 }
@@ -436,6 +472,10 @@ where
                 json_str(out, name, usize::MAX);
                 out.push(':');
                 match value {
+                    Stored::Short { len, bytes } => {
+                        let short = std::str::from_utf8(&bytes[..usize::from(*len)]).expect("copied from a str");
+                        json_str(out, short, limit);
+                    }
                     Stored::Text { kept, cut } => {
                         let (text, more) = cut_at(kept, limit);
                         json_text(out, text, cut + more);
@@ -737,6 +777,31 @@ mod tests {
         let id = line["request_id"].as_str().unwrap();
         assert_eq!(id, format!("{}…[+1976 bytes]", &"i".repeat(1024)), "the span's field too");
         assert_eq!(line["status"], 200);
+    }
+
+    #[test]
+    fn span_fields_short_or_long_recorded_at_creation_or_later() {
+        let long = "l".repeat(SHORT_TEXT + 1);
+        let lines = captured(|| {
+            let span = tracing::info_span!(
+                "request",
+                request_id = "short",
+                user = long.as_str(),
+                late = tracing::field::Empty
+            );
+            let _entered = span.enter();
+            tracing::info!("before");
+            span.record("request_id", "replaced");
+            span.record("late", "x".repeat(SHORT_TEXT).as_str());
+            tracing::info!("after");
+        });
+        let before: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!((before["request_id"].as_str(), before["user"].as_str()), (Some("short"), Some(long.as_str())));
+        assert!(before.get("late").is_none(), "{}", lines[0]);
+        let after: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(after["request_id"], "replaced");
+        assert_eq!(after["late"].as_str().map(str::len), Some(SHORT_TEXT));
+        assert_eq!(lines[1].matches("\"request_id\"").count(), 1, "{}", lines[1]);
     }
 
     #[test]

@@ -152,6 +152,9 @@ impl RestartReason {
     }
 }
 
+/// Slots of the master's scoreboard: room for two generations of the largest worker count.
+pub(crate) const SLOTS: usize = 2 * crate::Settings::MAX_WORKERS;
+
 /// The shared table of worker slots, after a small header of master-wide counters.
 #[derive(Clone, Copy)]
 pub struct Scoreboard {
@@ -345,13 +348,15 @@ impl Slot {
         if let Some(e) = entry {
             let words = self.entry(e);
             words[ENTRY_SEQ].fetch_add(1, Ordering::AcqRel);
-            let mut text = Vec::with_capacity(TEXT_WORDS * 8);
+            // Packed on the stack: recording a request allocates nothing.
+            let mut text = [0u8; TEXT_WORDS * 8];
+            let mut len = 0;
             for (part, max) in [(method, METHOD_MAX), (path, PATH_MAX), (label, LABEL_MAX)] {
-                text.extend_from_slice(truncate(part, max).as_bytes());
-                text.push(0);
+                len += pack(&mut text[len..len + max], part);
+                len += 1; // the NUL that ends the field
             }
-            text.resize(TEXT_WORDS * 8, 0);
-            for (i, chunk) in text.chunks_exact(8).enumerate() {
+            // Only the words holding the fields: a reader stops at the third NUL, whatever follows it.
+            for (i, chunk) in text[..len.next_multiple_of(8).min(text.len())].chunks_exact(8).enumerate() {
                 words[2 + i].store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
             }
             words[ENTRY_SEQ].fetch_add(1, Ordering::Release);
@@ -428,16 +433,26 @@ impl Drop for RequestGuard {
     }
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary, dropping NULs (the field separator).
-fn truncate(s: &str, max: usize) -> String {
-    let mut out = String::new();
+/// Copies as much of `s` as fits in `out` (cut on a character boundary), dropping NULs (the field
+/// separator); returns the bytes written.
+fn pack(out: &mut [u8], s: &str) -> usize {
+    let mut cut = s.len().min(out.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let kept = &s.as_bytes()[..cut];
+    if !kept.contains(&0) {
+        out[..cut].copy_from_slice(kept);
+        return cut;
+    }
+    let mut len = 0;
     for c in s.chars().filter(|&c| c != '\0') {
-        if out.len() + c.len_utf8() > max {
+        if len + c.len_utf8() > out.len() {
             break;
         }
-        out.push(c);
+        len += c.encode_utf8(&mut out[len..]).len();
     }
-    out
+    len
 }
 
 #[cfg(test)]
@@ -493,6 +508,16 @@ mod tests {
         let r = &slot.view().requests_in_flight[0];
         assert!(r.path.len() <= PATH_MAX && r.path.starts_with("/é/é"));
         assert_eq!(r.label.len(), LABEL_MAX);
+    }
+
+    #[test]
+    fn a_shorter_entry_overwrites_a_longer_one_and_nuls_are_dropped() {
+        let board = Scoreboard::new(1).unwrap();
+        let slot = board.slot(0);
+        drop(slot.request_started("DELETE", &format!("/api/items/{}", "x".repeat(80)), &"y".repeat(100), 5));
+        let _g = slot.request_started("GET", "/a\0b", "id\0", 6);
+        let r = &slot.view().requests_in_flight[0];
+        assert_eq!((r.method.as_str(), r.path.as_str(), r.label.as_str()), ("GET", "/ab", "id"));
     }
 
     #[test]

@@ -20,21 +20,61 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// An HTTP application served by every worker.
 pub trait Service: Send + Sync + 'static {
-    /// Called first for every request. The application may amend the request (for example to attach the
-    /// request id it assigned) and returns a short label for it. The runtime records the method, path and this
-    /// label in the worker's scoreboard slot while the request is in flight, so that the master can name the
-    /// request if the worker stops answering.
-    fn label(&self, _req: &mut Request) -> Option<String> {
-        None
-    }
-
     /// Answers one request. `peer` is the address of the TCP client (the proxy, behind a proxy).
     /// A panic in the returned future costs the connection, never the worker; applications that want to
     /// answer panics in their own error format should catch them.
     ///
     /// A request that exceeds the worker's limits carries a [`Refusal`] in its extensions: the application
     /// answers it (414 or 431 in its own error format) without handling the request.
-    fn call(&self, req: Request, peer: SocketAddr) -> BoxFuture<Response>;
+    fn call(&self, req: Request, peer: SocketAddr) -> Call;
+}
+
+/// A request the application took: its label, and the response to come.
+pub struct Call {
+    /// A short label for the request, typically the id the application assigned it. While the request is in
+    /// flight, the runtime records the method, path and this label in the worker's scoreboard slot, so that
+    /// the master can name the request if the worker stops answering.
+    pub label: Label,
+    /// The response.
+    pub response: BoxFuture<Response>,
+}
+
+/// A request's label: text of at most [`Label::CAPACITY`] bytes, kept inline, so that labelling a request
+/// allocates nothing.
+#[derive(Clone, Copy)]
+pub struct Label {
+    len: u8,
+    bytes: [u8; Label::CAPACITY],
+}
+
+impl Label {
+    /// The longest label kept, in bytes.
+    pub const CAPACITY: usize = 128;
+    /// No label.
+    pub const NONE: Label = Label { len: 0, bytes: [0; Label::CAPACITY] };
+
+    /// `text`, cut to [`Label::CAPACITY`] bytes on a character boundary.
+    pub fn new(text: &str) -> Label {
+        let mut len = text.len().min(Label::CAPACITY);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut label = Label::NONE;
+        label.bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        label.len = len as u8;
+        label
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("cut on a character boundary")
+    }
+}
+
+impl std::fmt::Debug for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
 }
 
 /// Why the worker refuses a request it could parse (gunicorn's `limit_request_*`). Heads beyond what the
@@ -77,4 +117,18 @@ impl std::error::Error for BootError {}
 pub trait WorkerApp: Send + Sync + 'static {
     /// Initialises the application. The worker is marked ready once this returns `Ok`.
     fn boot(&self) -> BoxFuture<Result<std::sync::Arc<dyn Service>, BootError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_cut_on_character_boundaries() {
+        assert_eq!(Label::new("req-1").as_str(), "req-1");
+        assert_eq!(Label::NONE.as_str(), "");
+        assert_eq!(Label::new(&"x".repeat(200)).as_str(), "x".repeat(Label::CAPACITY));
+        let cut = Label::new(&format!("{}é", "x".repeat(Label::CAPACITY - 1)));
+        assert_eq!(cut.as_str(), "x".repeat(Label::CAPACITY - 1));
+    }
 }

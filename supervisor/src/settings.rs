@@ -72,9 +72,9 @@ impl Settings {
     /// Upper bound for `workers`; the scoreboard has room for two full generations of this many.
     pub const MAX_WORKERS: usize = 128;
 
-    /// How long a new connection may take to send its request headers. With keep-alive on this is the
-    /// keep-alive timeout (hyper restarts the same timer when a connection goes idle); with keep-alive off
-    /// a fixed bound still protects against clients that never finish their headers.
+    /// How long a connection may wait for a request's headers. With keep-alive on this is the keep-alive
+    /// timeout (the wait restarts when a response goes out); with keep-alive off a fixed bound still
+    /// protects against clients that never finish their headers.
     pub fn header_timeout(&self) -> Duration {
         if self.keepalive.is_zero() { Duration::from_secs(5) } else { self.keepalive }
     }

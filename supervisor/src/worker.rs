@@ -9,11 +9,11 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
@@ -21,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::scoreboard::{Scoreboard, Slot, SlotState};
-use crate::service::{Refusal, Request, Service, WorkerApp};
+use crate::service::{Call, Refusal, Request, Service, WorkerApp};
 use crate::{Limits, Settings, balance, sys};
 
 use crate::exit::{WORKER_BOOT_FAILED as EXIT_BOOT_FAILED, WORKER_SETUP_FAILED as EXIT_SETUP_FAILED};
@@ -284,6 +284,8 @@ struct Conn {
     /// turn it is.
     spent: tokio::sync::Notify,
     builder: http1::Builder,
+    /// How long a connection may wait for a request head (see [`close_on_head_timeout`]).
+    head_timeout: Duration,
     /// Request head limits checked before the service sees a request.
     limits: Limits,
     /// Connections this worker holds at most.
@@ -361,10 +363,9 @@ async fn serve(
 ) -> Stop {
     let Serving { board, slot, settings, limit, master_pipe } = serving;
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout())
-        .keep_alive(!settings.keepalive.is_zero());
+    // No timer in hyper: its header read timeout arms and drops a boxed timer for every request. The
+    // same deadline is kept per connection instead (`close_on_head_timeout`).
+    builder.header_read_timeout(None).keep_alive(!settings.keepalive.is_zero());
     if let Some(bytes) = settings.limits.head_bytes() {
         builder.max_header_size(bytes);
     }
@@ -381,6 +382,7 @@ async fn serve(
         closed: tokio::sync::Notify::new(),
         spent: tokio::sync::Notify::new(),
         builder,
+        head_timeout: settings.header_timeout(),
         limits: settings.limits,
         max_connections: settings.max_connections as u64,
         limit,
@@ -492,18 +494,24 @@ fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<
     let open = conn.slot.connection_opened();
     let ctx = conn.clone();
     let closing = conn.clone();
+    let waiting = Arc::new(HeadWait::new());
+    let wait = waiting.clone();
     let service = hyper::service::service_fn(move |mut req: Request| {
-        let label = ctx.service.label(&mut req).unwrap_or_default();
-        let guard = ctx.slot.request_started(req.method().as_str(), req.uri().path(), &label, sys::monotonic_ns());
+        wait.head_arrived();
         let refusal = refusal(&ctx.limits, &req);
         if let Some(refusal) = refusal {
             req.extensions_mut().insert(refusal);
         }
-        let response = ctx.service.call(req, peer);
+        // Shared, not copied: the method and URI only need to outlive `call` for the scoreboard.
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let Call { label, response } = ctx.service.call(req, peer);
+        let guard = ctx.slot.request_started(method.as_str(), uri.path(), label.as_str(), sys::monotonic_ns());
         let ctx = ctx.clone();
+        let wait = wait.clone();
         async move {
             let mut response = response.await;
             drop(guard);
+            wait.answered();
             // Like gunicorn, a refused request ends its connection: what follows it may not be framed as the
             // client meant.
             if refusal.is_some() || ctx.draining.load(Ordering::Relaxed) {
@@ -517,11 +525,85 @@ fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<
     });
     let connection = conn.builder.serve_connection(TokioIo::new(stream), service);
     let connection = graceful.watch(connection);
+    let head_timeout = conn.head_timeout;
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(error = %error, peer = %peer, "connection ended with an error");
+        tokio::select! {
+            biased;
+            ended = connection => if let Err(error) = ended {
+                tracing::debug!(error = %error, peer = %peer, "connection ended with an error");
+            },
+            () = close_on_head_timeout(&waiting, head_timeout) => {
+                tracing::debug!(peer = %peer, "connection closed: no request head within the header timeout");
+            }
         }
         drop(open);
         closing.closed.notify_waiters();
     });
+}
+
+/// Since when a connection has been waiting for its next request head (monotonic nanoseconds), or
+/// [`HeadWait::ANSWERING`] while a request is being answered.
+struct HeadWait(AtomicU64);
+
+impl HeadWait {
+    const ANSWERING: u64 = 0;
+
+    /// A new connection: waiting for its first request head from now.
+    fn new() -> HeadWait {
+        HeadWait(AtomicU64::new(sys::monotonic_ns()))
+    }
+
+    fn head_arrived(&self) {
+        self.0.store(HeadWait::ANSWERING, Ordering::Relaxed);
+    }
+
+    /// The response is out: waiting for the next request head from now.
+    fn answered(&self) {
+        self.0.store(sys::monotonic_ns(), Ordering::Relaxed);
+    }
+
+    /// When the wait for a head that began then must end, or `None` while a request is being answered.
+    fn deadline_ns(&self, timeout: Duration) -> Option<u64> {
+        let since = self.0.load(Ordering::Relaxed);
+        (since != HeadWait::ANSWERING).then(|| since.saturating_add(timeout.as_nanos() as u64))
+    }
+}
+
+/// Returns once the connection has waited `timeout` for a request head: a keep-alive connection idle for
+/// `keepalive`, or a client that never finishes its headers (slowloris). The connection's task then drops
+/// the connection, as hyper does when its own header read timeout fires. One timer per connection, moved
+/// only when it fires, instead of hyper's, which is armed and dropped again for every request. The wait
+/// starts when a response is handed to hyper rather than when hyper has written it, so a client that takes
+/// longer than `timeout` to read a response is closed as well.
+async fn close_on_head_timeout(wait: &HeadWait, timeout: Duration) {
+    let mut sleep = std::pin::pin!(tokio::time::sleep(timeout));
+    loop {
+        sleep.as_mut().await;
+        let now = sys::monotonic_ns();
+        let next = match wait.deadline_ns(timeout) {
+            Some(deadline) if deadline <= now => return,
+            Some(deadline) => deadline - now,
+            // Answering: the earliest the next wait can end.
+            None => timeout.as_nanos() as u64,
+        };
+        sleep.as_mut().reset(tokio::time::Instant::now() + Duration::from_nanos(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_waits_for_a_head_only_between_requests() {
+        let timeout = Duration::from_secs(2);
+        let before = sys::monotonic_ns();
+        let wait = HeadWait::new();
+        let first = wait.deadline_ns(timeout).expect("a new connection waits for its first head");
+        assert!(first >= before + 2_000_000_000);
+        wait.head_arrived();
+        assert_eq!(wait.deadline_ns(timeout), None, "no deadline while a request is answered");
+        wait.answered();
+        assert!(wait.deadline_ns(timeout).expect("waiting for the next head") >= first);
+    }
 }

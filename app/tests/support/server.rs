@@ -1,6 +1,6 @@
 //! Serves the app in-process: a tokio runtime on its own threads, a listener on a free loopback port, and
 //! hyper's HTTP/1 connection driver calling the app's `Service` the way the supervisor's worker runtime does
-//! (`label` first, then `call`). Dropping the server shuts the runtime down.
+//! (`call`, whose label the worker records in its scoreboard). Dropping the server shuts the runtime down.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,9 +40,8 @@ impl TestServer {
                 };
                 let service = service.clone();
                 tokio::spawn(async move {
-                    let handler = service_fn(move |mut req| {
-                        let _label = service.label(&mut req);
-                        let response = service.call(req, peer);
+                    let handler = service_fn(move |req| {
+                        let response = service.call(req, peer).response;
                         async move { Ok::<_, Infallible>(response.await) }
                     });
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await;

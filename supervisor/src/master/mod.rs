@@ -63,7 +63,7 @@ pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> R
         }
         None => settings.bind.iter().copied().zip(crate::listen::bind_all(&settings.bind, settings.backlog)?).collect(),
     };
-    let board = Scoreboard::new(2 * Settings::MAX_WORKERS).map_err(MasterError::Scoreboard)?;
+    let board = Scoreboard::new(crate::scoreboard::SLOTS).map_err(MasterError::Scoreboard)?;
     let signals = sys::SignalPipe::install(&MASTER_SIGNALS).map_err(MasterError::Signals)?;
     let (ready_read, ready_write) = sys::pipe().map_err(MasterError::Signals)?;
     let pidfile = settings.pidfile.clone();

@@ -68,7 +68,7 @@ pub struct Harness {
 impl Harness {
     pub fn new(policy: Policy) -> Harness {
         Harness {
-            state: State::new(policy, 2 * crate::Settings::MAX_WORKERS),
+            state: State::new(policy, crate::scoreboard::SLOTS),
             board: FakeBoard::default(),
             next_pid: 100,
             now: SEC,
