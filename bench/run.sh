@@ -365,8 +365,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "$BUILD" = 1 ] && [ -z "${BENCH_BIN:-}" ]; then
-    log "cargo build --release"
-    (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+    log "cargo build --release --bin supervisor --bin bare-hyper"
+    (cd "$ROOT" && cargo build --release --quiet --bin supervisor --bin bare-hyper) || die "cargo build --release failed"
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
 [ -x "$BARE_BIN" ] || die "$BARE_BIN not found (cargo build --release -p bare-hyper, or set BARE_BIN)"
