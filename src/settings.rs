@@ -168,8 +168,9 @@ pub const SETTINGS: &[Setting] = &[
     )
     .flag("keepalive")
     .doc(
-        "Idle keep-alive connections are closed after this long; 0 disables keep-alive. Keep it LONGER than the \
-         idle timeout of the proxy in front (nginx upstream keepalive_timeout), or proxied POSTs can fail with 502.",
+        "Idle keep-alive connections are closed after this long, and so is a connection that has not sent a \
+         whole request head within it of opening or of its last response (5 s when keep-alive is off); 0 \
+         disables keep-alive. Keep it LONGER than the idle timeout of the proxy in front (nginx upstream keepalive_timeout), or proxied POSTs can fail with 502.",
     ),
     setting("log_level", &["SUPERVISOR_LOG_LEVEL", "GUNICORN_LOG_LEVEL"], Text, Value(r#""info""#))
         .flag("log-level")
