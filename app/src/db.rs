@@ -24,7 +24,7 @@ use deadpool_postgres::{
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{CancelToken, NoTls, Row};
+use tokio_postgres::{NoTls, Row};
 use tracing::Instrument;
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
@@ -203,12 +203,7 @@ impl Db {
     pub(crate) async fn get(&self) -> Result<Conn, DbError> {
         let pool = self.pool.as_ref().ok_or(DbError::NotConfigured)?;
         let client = pool.get().await.map_err(DbError::Unavailable)?;
-        Ok(Conn {
-            cancel: client.cancel_token(),
-            client: Some(client),
-            busy: AtomicBool::new(false),
-            cancel_timeout: self.cancel_timeout,
-        })
+        Ok(Conn { client: Some(client), busy: AtomicBool::new(false), cancel_timeout: self.cancel_timeout })
     }
 
     /// The pool's size and waiters, if a pool exists.
@@ -228,7 +223,6 @@ impl Db {
 pub(crate) struct Conn {
     /// Always `Some` until drop.
     client: Option<Object>,
-    cancel: CancelToken,
     /// Set while a statement is in flight. Still set at drop: its future was dropped before it finished.
     busy: AtomicBool,
     cancel_timeout: Duration,
@@ -300,7 +294,8 @@ impl Drop for Conn {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // No runtime to send the cancel from: closing the connection is all that is left.
         };
-        let cancel = self.cancel.clone();
+        // Made here, not at checkout: only an abandoned statement needs one.
+        let cancel = client.cancel_token();
         let deadline = self.cancel_timeout;
         let cancelling = async move {
             match tokio::time::timeout(deadline, cancel.cancel_query(NoTls)).await {
@@ -348,7 +343,11 @@ mod tests {
 
         // A session left idle inside a transaction is ended by the server.
         conn.run(|c| c.batch_execute("BEGIN")).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !conn.client().is_closed() {
+            assert!(tokio::time::Instant::now() < deadline, "the server never ended the idle transaction");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let err = conn.query_one("SELECT 1", &[]).await.unwrap_err();
         assert!(err.is_closed(), "{err:?}");
     }
