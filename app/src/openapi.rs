@@ -9,9 +9,10 @@
 //! declared for the operation, its content type and `X-Request-ID` too, and its body must match a schema that
 //! allows no unknown field; and schemathesis fuzzes the binary with it (`tests/openapi.rs`).
 
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::StatusCode;
 
 use crate::error::ApiError;
+use crate::http::json_static;
 use crate::routes::Params;
 use crate::state::State;
 use supervisor::{Request, Response};
@@ -21,9 +22,7 @@ pub(crate) const DOCUMENT: &str = include_str!("../openapi.json");
 
 /// `GET /openapi.json`.
 pub(crate) async fn serve(_: &State, _: Request, _: &Params) -> Result<Response, ApiError> {
-    let mut response = Response::new(supervisor::Body::from(DOCUMENT));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(response)
+    Ok(json_static(StatusCode::OK, DOCUMENT))
 }
 
 #[cfg(test)]

@@ -162,13 +162,14 @@ fn handle(state: Arc<State>, req: Request, peer: SocketAddr, id: RequestId) -> i
 fn on_the_way_out(state: &State, mut response: Response, taken: Taken, id: RequestId) -> Response {
     let Taken { started, method, origin, label, template, access } = taken;
     let status = response.status().as_u16();
-    state.metrics.record(&method, label, status, started.elapsed());
+    let elapsed = started.elapsed();
+    state.metrics.record(&method, label, status, elapsed);
     state.cors.apply(origin.as_ref(), response.headers_mut());
 
     if let Some(access) = access {
         let AccessInfo { uri, user_agent, client } = *access;
         let bytes = if method == Method::HEAD { 0 } else { response.body().size_hint().exact().unwrap_or(0) };
-        let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
         let user_agent = user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()));
         tracing::info!(
             target: "access",
