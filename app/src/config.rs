@@ -192,7 +192,7 @@ impl Default for DatabaseConfig {
             connect_timeout: Duration::from_secs(2),
             wait_timeout: Duration::from_secs(1),
             create_timeout: Duration::from_secs(2),
-            readiness_timeout: Duration::from_secs(1),
+            readiness_timeout: DatabaseConfig::default_readiness_timeout(DEFAULT_REQUEST_TIMEOUT),
             max_connections: None,
             statement_timeout: DatabaseConfig::default_statement_timeout(DEFAULT_REQUEST_TIMEOUT),
             lock_timeout: DatabaseConfig::default_lock_timeout(DEFAULT_REQUEST_TIMEOUT),
@@ -292,18 +292,6 @@ impl TrustedProxies {
         match self {
             TrustedProxies::Any => true,
             TrustedProxies::Nets(nets) => nets.iter().any(|n| n.contains(&ip.to_canonical())),
-        }
-    }
-}
-
-impl fmt::Display for TrustedProxies {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TrustedProxies::Any => f.write_str("*"),
-            TrustedProxies::Nets(nets) => {
-                let items: Vec<String> = nets.iter().map(ToString::to_string).collect();
-                write!(f, "[{}]", items.join(", "))
-            }
         }
     }
 }

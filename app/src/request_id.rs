@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_reseed_starts_another_sequence() {
-        // Two threads seeded after the same reseed, like two workers forked from one master, draw apart.
+        // Two threads, each seeded from the operating system, draw apart.
         reseed();
         let draw = || std::thread::spawn(|| (0..1000).map(|_| random_u128()).collect::<Vec<_>>()).join().unwrap();
         let (a, b) = (draw(), draw());
