@@ -353,20 +353,21 @@ impl State {
         if let Some(Reload { deadline: Some(deadline), .. }) = self.reload {
             at(deadline);
         }
-        if let Some(t) = self.next_spawn() {
+        if let Some(t) = self.next_spawn(now) {
             at(t);
         }
         due - now
     }
 
-    /// When the next spawn the master is waiting to make may happen, if it waits for one.
-    fn next_spawn(&self) -> Option<Nanos> {
+    /// When the next spawn the master is waiting to make may happen, if it waits for one. At startup, the
+    /// same condition as [`State::tick_starting`]: no fork once `boot_timeout` has passed.
+    fn next_spawn(&self, now: Nanos) -> Option<Nanos> {
         let planned = self.spawner.ready_at(Purpose::Planned, 0);
         let replace = self.spawner.ready_at(Purpose::Replace, self.desired);
         match self.phase {
             Phase::Starting => {
                 let owed = self.unforked > self.pending.len();
-                (owed && self.startup_deadline.is_none_or(|d| planned < d)).then_some(planned)
+                (owed && self.startup_deadline.is_none_or(|d| now < d && planned < d)).then_some(planned)
             }
             Phase::Running => {
                 let reload_owed = self.reload.is_some_and(|r| {

@@ -48,6 +48,8 @@ pub struct Harness {
     pub now: Nanos,
     /// Whether forks fail (as at a pids cgroup limit).
     pub forks_fail: bool,
+    /// How many of the next forks fail, whatever `forks_fail` says.
+    pub fail_next_forks: usize,
     /// What the next configuration reload yields.
     pub config: Result<Policy, String>,
     /// Signals sent to each pid, in order.
@@ -73,6 +75,7 @@ impl Harness {
             next_pid: 100,
             now: SEC,
             forks_fail: false,
+            fail_next_forks: 0,
             config: Ok(POLICY),
             signals: BTreeMap::new(),
             slots: BTreeMap::new(),
@@ -107,7 +110,8 @@ impl Harness {
             for action in self.state.handle(event, self.now, &self.board) {
                 self.spawn_after_failure |= failed && matches!(action, Action::Spawn { .. });
                 match &action {
-                    Action::Spawn { slot, .. } if self.forks_fail => {
+                    Action::Spawn { slot, .. } if self.forks_fail || self.fail_next_forks > 0 => {
+                        self.fail_next_forks = self.fail_next_forks.saturating_sub(1);
                         results.push(Event::SpawnFailed { slot: *slot, error: "EAGAIN".into() })
                     }
                     Action::Spawn { slot, .. } => {

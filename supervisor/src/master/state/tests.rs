@@ -56,6 +56,19 @@ fn failed_forks_at_startup_are_retried_until_boot_timeout_then_exit_3() {
 }
 
 #[test]
+fn a_fork_retry_left_over_at_the_startup_deadline_is_not_a_busy_loop() {
+    let mut h = Harness::new(POLICY);
+    h.fail_next_forks = 1;
+    h.handle(Event::Tick);
+    assert_eq!(h.pids().len(), 1, "one worker booting, one fork to retry");
+    // The master wakes up late, past the startup deadline, with the retry that was due before it unmade.
+    h.forks_fail = true;
+    h.advance(POLICY.boot_timeout + MS / 2);
+    assert_eq!(h.exit, None, "a worker is still booting");
+    assert!(h.state.sleep_for(h.now) > 0, "a retry that may no longer happen keeps the master awake");
+}
+
+#[test]
 fn boot_timeout_kills_a_worker_that_never_gets_ready() {
     let mut h = Harness::new(POLICY);
     h.handle(Event::Tick);
