@@ -72,18 +72,19 @@ fn a_kill_storm_is_absorbed_by_replacing_each_worker_at_once() {
     let load = Load::start(server.addr(), "/healthz", 0, CLIENTS);
     let mut seed = u64::from(std::process::id());
     let mut kills = 0;
+    let mut last_kill = unix_seconds();
     let start = Instant::now();
     for round in 1..=20 {
+        // The storm's own pace, not a wait for the server.
+        std::thread::sleep((start + round * Duration::from_millis(300)).saturating_duration_since(Instant::now()));
         let workers = server.workers();
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         if !workers.is_empty() {
             signal(workers[(seed >> 33) as usize % workers.len()], SIGKILL);
+            last_kill = unix_seconds();
             kills += 1;
         }
-        // The storm's own pace, not a wait for the server.
-        std::thread::sleep((start + round * Duration::from_millis(300)).saturating_duration_since(Instant::now()));
     }
-    let last_kill = unix_seconds();
     let serving = wait_for(Duration::from_secs(5), "3 ready workers after the storm", || {
         let ready = server.ready_workers();
         (ready.len() == 3 && server.workers().len() == 3).then_some(ready)
