@@ -193,10 +193,11 @@ fn max_requests_recycles_workers_without_failures() {
     }
     // Recycled workers served at least their budget. A worker at its budget keeps serving until its
     // replacement is ready (taking new connections only while no sibling accepts), so it may serve a few
-    // more than 70 while others recycle before it.
+    // more than 70 (up to about 85 here) while others recycle before it, but not another budget's worth.
     let running: BTreeSet<i64> = server.workers().iter().map(|&p| p as i64).collect();
     for (pid, n) in &per_pid {
         assert!(running.contains(pid) || *n >= 50, "recycled worker {pid} served {n}: {per_pid:?}");
+        assert!(running.contains(pid) || *n <= 2 * 70, "recycled worker {pid} served {n}, replaced late: {per_pid:?}");
     }
     assert!(per_pid.len() >= 2000 / 70, "workers were recycled as they reached their budget: {per_pid:?}");
     assert!(min_ready_after_startup(&server, 3) >= 3, "never fewer than 3 ready workers");
