@@ -533,12 +533,8 @@ impl State {
 
     fn on_spawn_failed(&mut self, slot: usize, error: &str, now: Nanos) {
         let Some(i) = self.pending.iter().position(|p| p.slot == slot) else { return };
+        // A worker this spawn was to replace keeps serving: `recycle` drops the link and asks again.
         let p = self.pending.remove(i);
-        for w in &mut self.workers {
-            if w.replacement == Some(p.serial) {
-                w.replacement = None;
-            }
-        }
         let delay = self.spawner.fork_failed(now);
         tracing::error!(
             slot,
