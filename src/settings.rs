@@ -75,6 +75,8 @@ pub struct Setting {
 pub const SECTIONS: [&str; 3] = ["", "app", "database"];
 
 const DAY: f64 = 86_400.0;
+/// The most workers a server may have: its scoreboard holds two generations of them.
+const MAX_WORKERS: u64 = supervisor::Settings::MAX_WORKERS as u64;
 /// Upper bound of request counts (`max_requests`, its jitter).
 const MAX_COUNT: u64 = 1_000_000_000;
 
@@ -131,7 +133,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("backlog", &["SUPERVISOR_BACKLOG"], Count { min: 1, max: 65_535 }, Value("2048"))
         .flag("backlog")
         .doc("Listen backlog (the kernel caps it at net.core.somaxconn); applies to newly bound addresses."),
-    setting("workers", &["WEB_CONCURRENCY"], Count { min: 0, max: 128 }, Computed("min(4, max(2, CPUs))", "2"))
+    setting("workers", &["WEB_CONCURRENCY"], Count { min: 0, max: MAX_WORKERS }, Computed("min(4, max(2, CPUs))", "2"))
         .flag("workers")
         .short('w')
         .doc(
