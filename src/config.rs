@@ -433,6 +433,16 @@ fn check_known_keys(table: &toml::Table, source: &Source) -> Result<(), ConfigEr
             _ => return Err(unknown(name.clone())),
         }
     }
+    // A key and its alias both set: which one wins would be a guess.
+    for s in SETTINGS {
+        if let Some((alias, _)) = s.alias.filter(|(alias, _)| table.contains_key(s.key) && table.contains_key(*alias)) {
+            return Err(ConfigError {
+                key: s.key.into(),
+                source: source.clone(),
+                message: format!("set twice, also as `{alias}`: keep one"),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -639,6 +649,10 @@ mod tests {
         assert!(matches!(source_of(&c, "max_connections"), Source::File(_)));
         let c = load("worker_connections = 50\n", &[("SUPERVISOR_MAX_CONNECTIONS", "60")], &[]).unwrap();
         assert_eq!(c.supervisor.max_connections, 60);
+        let e = load("max_connections = 40\nworker_connections = 50\n", &[], &[]).unwrap_err();
+        assert_eq!(e.key, "max_connections");
+        assert!(e.message.contains("worker_connections"), "{}", e.message);
+        assert!(matches!(e.source, Source::File(_)));
     }
 
     #[test]
