@@ -214,7 +214,10 @@ impl Output {
     pub(super) fn push(&self, line: &[u8]) {
         let mut state = self.lock();
         let State { buf, dropped, mode, writer_waiting, .. } = &mut *state;
-        if buf.bytes.len() + self.in_flight_bytes.load(Ordering::Acquire) + line.len() > buf.capacity {
+        let full = buf.bytes.len() + self.in_flight_bytes.load(Ordering::Acquire) + line.len() > buf.capacity;
+        // Once an exiting process stopped waiting for its writer thread, nothing more will be written by it.
+        let abandoned = matches!(mode, Mode::Thread) && self.abandoned.load(Ordering::Acquire);
+        if full || abandoned {
             dropped.add(1);
             return;
         }
@@ -631,11 +634,17 @@ mod tests {
         output.flush(Duration::from_millis(300));
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "{waited:?}");
+        // What is logged after the exit flush (a runtime thread still running) is dropped and counted.
+        let before = output.dropped_total();
+        for i in 0..5 {
+            output.push(&line(i, 200));
+        }
+        assert_eq!(output.dropped_total(), before + 5, "lines logged after the exit flush are counted");
         // Reading lets the writer thread finish the write it is blocked in (at most one chunk of 20 lines,
         // counted as lost already), and nothing after it.
         let written = newlines(&read_available(&mut pipe));
         let accounted = written + output.dropped_total();
-        assert!((1000..=1000 + (LINE_MAX / 200) as u64).contains(&accounted), "{written} written, {accounted}");
+        assert!((1005..=1005 + (LINE_MAX / 200) as u64).contains(&accounted), "{written} written, {accounted}");
     }
 
     #[test]
