@@ -27,6 +27,18 @@ pub use service::{Body, BootError, BoxFuture, Call, Label, Refusal, Request, Res
 pub use settings::{Limits, Settings};
 pub use worker::serve_in_process;
 
+/// `s` cut to at most `limit` bytes on a character boundary, and how many bytes were left out.
+pub(crate) fn cut_at(s: &str, limit: usize) -> (&str, usize) {
+    if s.len() <= limit {
+        return (s, 0);
+    }
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&s[..end], s.len() - end)
+}
+
 /// Why the master could not start.
 #[derive(Debug)]
 pub enum MasterError {

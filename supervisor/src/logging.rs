@@ -31,6 +31,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, filter::LevelFilter};
 
 use self::output::Output;
+use crate::{Label, cut_at};
 
 /// A string value longer than this many bytes (of its text, before JSON escaping) is cut to this length and
 /// followed by `…[+N bytes]`. Room for the longest line the server logs by design, the startup settings.
@@ -275,12 +276,9 @@ impl<S: FieldSink> Visit for Fields<'_, S> {
 /// A span field as kept until its events are rendered: text (cut at [`FIELD_MAX`], escaped when rendered,
 /// so that a tighter limit can still apply), or a JSON number or boolean.
 enum Stored {
-    /// Text of at most [`SHORT_TEXT`] bytes, kept inline: a span with such fields (the request span and its
-    /// id) is recorded without allocating.
-    Short {
-        len: u8,
-        bytes: [u8; SHORT_TEXT],
-    },
+    /// Text of at most [`Label::CAPACITY`] bytes, kept inline: a span with such fields (the request span and
+    /// its id) is recorded without allocating.
+    Short(Label),
     Text {
         kept: String,
         cut: usize,
@@ -288,15 +286,10 @@ enum Stored {
     Json(String),
 }
 
-/// The longest text a span keeps inline.
-const SHORT_TEXT: usize = 128;
-
 impl Stored {
     fn text(s: &str) -> Stored {
-        if s.len() <= SHORT_TEXT {
-            let mut bytes = [0; SHORT_TEXT];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            return Stored::Short { len: s.len() as u8, bytes };
+        if s.len() <= Label::CAPACITY {
+            return Stored::Short(Label::new(s));
         }
         let (kept, cut) = cut_at(s, FIELD_MAX);
         Stored::Text { kept: kept.to_string(), cut }
@@ -345,7 +338,7 @@ impl FieldSink for SpanFields {
 /// Writes an event's fields straight into the line, `message` as `msg`, remembering the names written.
 struct EventFields<'a> {
     out: &'a mut String,
-    written: Vec<&'static str>,
+    written: &'a mut Vec<&'static str>,
     limit: usize,
 }
 
@@ -402,28 +395,41 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         thread_local! {
-            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+            static LINE: std::cell::RefCell<Line> = const { std::cell::RefCell::new(Line::new()) };
         }
-        let render = |out: &mut String| {
-            render_bounded(out, event, &ctx);
-            OUTPUT.push(out.as_bytes());
+        let render = |line: &mut Line| {
+            render_bounded(line, event, &ctx);
+            OUTPUT.push(line.out.as_bytes());
         };
-        // The buffer is reused; a line logged while rendering another (from a field's Debug) gets its own.
+        // The buffers are reused; a line logged while rendering another (from a field's Debug) gets its own.
         LINE.with(|line| match line.try_borrow_mut() {
-            Ok(mut out) => render(&mut out),
-            Err(_) => render(&mut String::new()),
+            Ok(mut line) => render(&mut line),
+            Err(_) => render(&mut Line::new()),
         });
     }
 }
 
+/// What rendering a line needs, kept from one line to the next: the text, and the field names written.
+struct Line {
+    out: String,
+    written: Vec<&'static str>,
+}
+
+impl Line {
+    const fn new() -> Line {
+        Line { out: String::new(), written: Vec::new() }
+    }
+}
+
 /// Renders the event as one line of at most [`LINE_MAX`] bytes (see the module documentation).
-fn render_bounded<S>(out: &mut String, event: &Event<'_>, ctx: &Context<'_, S>)
+fn render_bounded<S>(line: &mut Line, event: &Event<'_>, ctx: &Context<'_, S>)
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    let Line { out, written } = line;
     for limit in FIELD_LIMITS {
         out.clear();
-        render_line(out, event, ctx, limit);
+        render_line(out, written, event, ctx, limit);
         if out.len() <= LINE_MAX {
             return;
         }
@@ -444,8 +450,13 @@ where
 
 /// One JSON object and a newline: the fixed keys, then the event's fields, then its spans' fields
 /// (innermost first; a name already written is not repeated); string values cut at `limit` bytes.
-fn render_line<S>(out: &mut String, event: &Event<'_>, ctx: &Context<'_, S>, limit: usize)
-where
+fn render_line<S>(
+    out: &mut String,
+    written: &mut Vec<&'static str>,
+    event: &Event<'_>,
+    ctx: &Context<'_, S>,
+    limit: usize,
+) where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     let meta = event.metadata();
@@ -453,9 +464,10 @@ where
     let own = |key: &str| meta.fields().field(key).is_some();
     out.push('{');
     render_head(out, *meta.level(), meta.target(), &own);
-    let mut fields = EventFields { out, written: Vec::new(), limit };
+    written.clear();
+    let mut fields = EventFields { out, written, limit };
     event.record(&mut Fields(&mut fields));
-    let EventFields { out, mut written, .. } = fields;
+    let EventFields { out, written, .. } = fields;
     if !written.contains(&"msg") {
         out.push_str(",\"msg\":null");
     }
@@ -472,10 +484,7 @@ where
                 json_str(out, name, usize::MAX);
                 out.push(':');
                 match value {
-                    Stored::Short { len, bytes } => {
-                        let short = std::str::from_utf8(&bytes[..usize::from(*len)]).expect("copied from a str");
-                        json_str(out, short, limit);
-                    }
+                    Stored::Short(label) => json_str(out, label.as_str(), limit),
                     Stored::Text { kept, cut } => {
                         let (text, more) = cut_at(kept, limit);
                         json_text(out, text, cut + more);
@@ -542,18 +551,6 @@ fn write_value(out: &mut String, value: FieldValue<'_>, limit: usize) {
         FieldValue::F64(f) => json_f64(out, f),
         FieldValue::Bool(b) => json_display(out, b),
     }
-}
-
-/// `s` cut to at most `limit` bytes on a character boundary, and the number of bytes cut off.
-fn cut_at(s: &str, limit: usize) -> (&str, usize) {
-    if s.len() <= limit {
-        return (s, 0);
-    }
-    let mut end = limit;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    (&s[..end], s.len() - end)
 }
 
 /// Formats `value` with `Debug` into `out` (JSON-escaped if `escape`), keeping at most `limit` bytes of its
@@ -697,9 +694,9 @@ mod tests {
 
     impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
         fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-            let mut out = String::new();
-            render_bounded(&mut out, event, &ctx);
-            self.0.lock().unwrap().push(out);
+            let mut line = Line::new();
+            render_bounded(&mut line, event, &ctx);
+            self.0.lock().unwrap().push(line.out);
         }
     }
 
@@ -781,7 +778,7 @@ mod tests {
 
     #[test]
     fn span_fields_short_or_long_recorded_at_creation_or_later() {
-        let long = "l".repeat(SHORT_TEXT + 1);
+        let long = "l".repeat(Label::CAPACITY + 1);
         let lines = captured(|| {
             let span = tracing::info_span!(
                 "request",
@@ -792,7 +789,7 @@ mod tests {
             let _entered = span.enter();
             tracing::info!("before");
             span.record("request_id", "replaced");
-            span.record("late", "x".repeat(SHORT_TEXT).as_str());
+            span.record("late", "x".repeat(Label::CAPACITY).as_str());
             tracing::info!("after");
         });
         let before: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
@@ -800,7 +797,7 @@ mod tests {
         assert!(before.get("late").is_none(), "{}", lines[0]);
         let after: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
         assert_eq!(after["request_id"], "replaced");
-        assert_eq!(after["late"].as_str().map(str::len), Some(SHORT_TEXT));
+        assert_eq!(after["late"].as_str().map(str::len), Some(Label::CAPACITY));
         assert_eq!(lines[1].matches("\"request_id\"").count(), 1, "{}", lines[1]);
     }
 

@@ -436,14 +436,10 @@ impl Drop for RequestGuard {
 /// Copies as much of `s` as fits in `out` (cut on a character boundary), dropping NULs (the field
 /// separator); returns the bytes written.
 fn pack(out: &mut [u8], s: &str) -> usize {
-    let mut cut = s.len().min(out.len());
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let kept = &s.as_bytes()[..cut];
+    let kept = crate::cut_at(s, out.len()).0.as_bytes();
     if !kept.contains(&0) {
-        out[..cut].copy_from_slice(kept);
-        return cut;
+        out[..kept.len()].copy_from_slice(kept);
+        return kept.len();
     }
     let mut len = 0;
     for c in s.chars().filter(|&c| c != '\0') {

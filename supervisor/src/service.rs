@@ -55,13 +55,10 @@ impl Label {
 
     /// `text`, cut to [`Label::CAPACITY`] bytes on a character boundary.
     pub fn new(text: &str) -> Label {
-        let mut len = text.len().min(Label::CAPACITY);
-        while !text.is_char_boundary(len) {
-            len -= 1;
-        }
+        let (kept, _) = crate::cut_at(text, Label::CAPACITY);
         let mut label = Label::NONE;
-        label.bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-        label.len = len as u8;
+        label.bytes[..kept.len()].copy_from_slice(kept.as_bytes());
+        label.len = kept.len() as u8;
         label
     }
 
