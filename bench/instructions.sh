@@ -64,7 +64,9 @@ while done < n:
     done += len(batch)
 PY
 
-# run N: serve under callgrind, 500 + N requests, stop; prints the callgrind file of the serving process.
+# run N: serve under callgrind, 500 + N requests, stop; sets CG_FILE to the callgrind file of the serving
+# process. Not run in a command substitution, so that a failed request stops the script (set -e) and the
+# cleanup trap sees SERVER.
 run() {
     local n=$1 port=$((30000 + RANDOM % 2000)) out="$WORK/cg.$1"
     mkdir -p "$out"
@@ -91,11 +93,13 @@ run() {
     wait "$SERVER" || true
     SERVER=""
     # The serving process: the bare server, or the worker, forked after the master (the higher pid).
-    ls "$out"/cg.* | awk -F'cg.' '{ print $NF, $0 }' | sort -n | tail -1 | cut -d' ' -f2
+    CG_FILE=$(ls "$out"/cg.* | awk -F'cg.' '{ print $NF, $0 }' | sort -n | tail -1 | cut -d' ' -f2)
 }
 
-A=$(run 0)
-B=$(run "$REQUESTS")
+run 0
+A=$CG_FILE
+run "$REQUESTS"
+B=$CG_FILE
 python3 - "$A" "$B" "$REQUESTS" <<'PY'
 import collections, re, subprocess, sys
 def load(path):
