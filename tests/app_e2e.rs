@@ -1,18 +1,12 @@
 //! The app through the real `supervisor` binary and a real PostgreSQL: the error contract, request ids and
 //! access logs, readiness, migrations, items, CORS guardrails and secrets in logs.
 
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use test_support::app_checks::*;
 use test_support::pg::{Blackhole, PgOptions, PgServer};
 use test_support::*;
-
-/// Runs `supervisor migrate` against `url` and returns its output.
-fn migrate(url: &str) -> std::process::Output {
-    Command::new(binary!()).arg("migrate").env("DATABASE_URL", url).env_remove("SUPERVISOR_LOG_LEVEL").output().unwrap()
-}
 
 /// A server on `url`, with a short request timeout and a small body limit for the contract checks.
 fn serve(url: &str, top: &str, app: &str) -> Server {
@@ -32,7 +26,8 @@ fn base(server: &Server) -> String {
 #[test]
 fn the_contract_and_items_through_the_binary() {
     let pg = PgServer::new();
-    assert!(migrate(&pg.url()).status.success());
+    let out = migrate(binary!(), &pg.url());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let server = serve(&pg.url(), "", "");
     let base = base(&server);
     check_healthz(&base);
@@ -109,7 +104,8 @@ fn readyz_follows_the_database_and_migrations() {
     let base = base(&server);
     let workers = server.workers();
     check_readyz_not_ready(&base, "migrations", "pending");
-    assert!(migrate(&pg.url()).status.success());
+    let out = migrate(binary!(), &pg.url());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let ready = |status: u16| {
         wait_for(Duration::from_secs(3), &format!("/readyz {status}"), || {
             let started = Instant::now();
@@ -144,7 +140,8 @@ fn base_of(server: &Server) -> String {
 #[test]
 fn concurrent_probes_share_one_check() {
     let pg = PgServer::with_options(PgOptions { stat_statements: true, ..PgOptions::default() });
-    assert!(migrate(&pg.url()).status.success());
+    let out = migrate(binary!(), &pg.url());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let server = serve(&pg.url(), "", "");
     let base = base(&server);
     check_readyz_ready(&base);
@@ -178,7 +175,7 @@ fn concurrent_migrations_both_succeed_once() {
             let (url, start) = (url.clone(), start.clone());
             std::thread::spawn(move || {
                 start.wait();
-                migrate(&url)
+                migrate(binary!(), &url)
             })
         })
         .collect();
@@ -189,7 +186,7 @@ fn concurrent_migrations_both_succeed_once() {
     let applied = outputs.iter().filter(|o| String::from_utf8_lossy(&o.stdout).contains("applied V1")).count();
     assert_eq!(applied, 1, "exactly one run applied V1");
     assert_eq!(pg.psql("SELECT count(*) FROM refinery_schema_history").trim(), "1");
-    let again = migrate(&url);
+    let again = migrate(binary!(), &url);
     assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).contains("nothing to apply"));
 }
 
@@ -217,20 +214,15 @@ fn cors_allows_listed_origins_and_refuses_unsafe_settings() {
 fn the_database_password_never_reaches_the_logs() {
     let password = "Sup3r-s3cret-pw";
     let pg = PgServer::with_options(PgOptions { password: Some(password.into()), ..PgOptions::default() });
-    let out = Command::new(binary!())
-        .args(["migrate", "--log-level", "debug"])
-        .env("DATABASE_URL", pg.url())
-        .output()
-        .unwrap();
+    let out = run_binary(binary!(), &["migrate", "--log-level", "debug"], &[("DATABASE_URL", &pg.url())]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let wrong = pg.url().replace(password, "wrong-pw-XYZ");
-    let failed =
-        Command::new(binary!()).args(["migrate", "--log-level", "debug"]).env("DATABASE_URL", &wrong).output().unwrap();
+    let failed = run_binary(binary!(), &["migrate", "--log-level", "debug"], &[("DATABASE_URL", &wrong)]);
     assert!(!failed.status.success());
     let server = serve(&pg.url(), "log_level = \"debug\"", "");
     check_readyz_ready(&base(&server));
     get_with(&base(&server), "/api/items", &[]);
-    let check = Command::new(binary!()).arg("check").env("DATABASE_URL", pg.url()).output().unwrap();
+    let check = run_binary(binary!(), &["check"], &[("DATABASE_URL", &pg.url())]);
     let mut all = server.stdout.all().join("\n") + &server.stderr.all().join("\n");
     for o in [&out, &failed, &check] {
         all += &String::from_utf8_lossy(&o.stdout);

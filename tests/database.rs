@@ -16,7 +16,7 @@ use test_support::*;
 /// A migrated database.
 fn migrated() -> PgServer {
     let pg = PgServer::new();
-    let out = Command::new(binary!()).arg("migrate").env("DATABASE_URL", pg.url()).output().unwrap();
+    let out = migrate(binary!(), &pg.url());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     pg
 }

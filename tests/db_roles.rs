@@ -82,11 +82,6 @@ fn roles_sh(pg: &PgServer, secrets: &Secrets, superuser: &str) -> Output {
     out
 }
 
-/// `supervisor migrate` against `url`.
-fn migrate(url: &str) -> Output {
-    Command::new(binary!()).arg("migrate").env("DATABASE_URL", url).output().unwrap()
-}
-
 /// Runs `sql` with psql over TCP as `user` in the app database; whether it succeeded, and its output (stdout
 /// then stderr).
 fn psql_as(pg: &PgServer, user: &str, password: &str, sql: &str) -> (bool, String) {
@@ -111,7 +106,7 @@ fn two_roles() -> (PgServer, Secrets) {
     pg.psql("CREATE DATABASE app");
     let secrets = Secrets::new(OWNER_PASSWORD, APP_PASSWORD);
     roles_sh(&pg, &secrets, "postgres");
-    let out = migrate(&url(&pg, "app", OWNER_PASSWORD, "app"));
+    let out = migrate(binary!(), &url(&pg, "app", OWNER_PASSWORD, "app"));
     assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stdout));
     (pg, secrets)
 }
@@ -195,7 +190,7 @@ fn privileges(pg: &PgServer) -> String {
 fn a_fresh_database_gets_an_owner_and_a_least_privileged_app_role() {
     let (pg, secrets) = two_roles();
 
-    let out = migrate(&pg.url());
+    let out = migrate(binary!(), &pg.url());
     assert!(!out.status.success(), "the superuser logs in over TCP no more");
     assert!(String::from_utf8_lossy(&out.stdout).contains("password authentication failed"));
     let (ok, owner) = psql_as(
@@ -235,7 +230,7 @@ fn a_single_role_database_is_upgraded_in_place() {
     let owner = url(&pg, "app", OWNER_PASSWORD, "app");
     pg.psql(&format!("CREATE ROLE app SUPERUSER LOGIN PASSWORD '{}'", OWNER_PASSWORD.replace('\'', "''")));
     pg.psql("CREATE DATABASE app OWNER app");
-    assert!(migrate(&owner).status.success());
+    assert!(migrate(binary!(), &owner).status.success());
     let (ok, _) = psql_as(
         &pg,
         "app",
@@ -246,7 +241,7 @@ fn a_single_role_database_is_upgraded_in_place() {
 
     let secrets = Secrets::new(OWNER_PASSWORD, APP_PASSWORD);
     roles_sh(&pg, &secrets, "app");
-    assert!(migrate(&owner).status.success(), "the owner still migrates with its password");
+    assert!(migrate(binary!(), &owner).status.success(), "the owner still migrates with its password");
     assert_the_app_role_is_least_privileged(&pg);
 
     let server = serve_as_app(&pg);
@@ -332,7 +327,7 @@ fn backups_are_private_and_restore_in_place_waits_for_the_api() {
     assert_eq!(count_items(&pg), dumped);
 
     // docs/backups.md: migrate, then start the api.
-    assert!(migrate(&url(&pg, "app", OWNER_PASSWORD, "app")).status.success());
+    assert!(migrate(binary!(), &url(&pg, "app", OWNER_PASSWORD, "app")).status.success());
     assert_the_app_role_is_least_privileged(&pg);
     let server = serve_as_app(&pg);
     check_items_crud(&format!("http://127.0.0.1:{}", server.port));

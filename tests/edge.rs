@@ -38,12 +38,6 @@ fn base(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// Runs `supervisor migrate` against `url`; panics with its output if it fails.
-fn migrate(url: &str) {
-    let output = Command::new(binary!()).arg("migrate").env("DATABASE_URL", url).output().expect("running migrate");
-    assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stdout));
-}
-
 /// A `supervisor` with 2 ready workers, `top` replacing base settings, `DATABASE_URL` if given.
 fn api(top: &str, database_url: Option<&str>) -> Server {
     let port = free_port();
@@ -98,7 +92,8 @@ fn raw_response(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
 #[test]
 fn routes_items_and_the_spa_through_the_edge() {
     let pg = PgServer::new();
-    migrate(&pg.url());
+    let output = migrate(binary!(), &pg.url());
+    assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stdout));
     let server = api("", Some(&pg.url()));
     let edge = Nginx::start(&upstream(&server), unlimited());
     let base = base(edge.addr());
@@ -431,7 +426,8 @@ fn internal_endpoints_are_not_reachable_from_outside() {
 #[test]
 fn a_post_after_the_api_keepalive_is_not_a_502() {
     let pg = PgServer::new();
-    migrate(&pg.url());
+    let output = migrate(binary!(), &pg.url());
+    assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stdout));
     // The API closes idle connections after 2 s; the edge after 250 ms.
     let server = api("keepalive = 2", Some(&pg.url()));
     let edge = Nginx::start(&upstream(&server), unlimited().var("EDGE_UPSTREAM_KEEPALIVE_TIMEOUT", "250ms"));

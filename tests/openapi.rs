@@ -38,7 +38,7 @@ fn tools() -> Venv {
 fn schemathesis_finds_every_answer_described() {
     let tools = tools();
     let pg = PgServer::new();
-    let migrated = Command::new(binary!()).arg("migrate").env("DATABASE_URL", pg.url()).output().unwrap();
+    let migrated = migrate(binary!(), &pg.url());
     assert!(migrated.status.success(), "migrate: {}", String::from_utf8_lossy(&migrated.stdout));
     let port = free_port();
     // As deployed: no debug routes (they are not part of the API), the default limits and request timeout.
