@@ -18,10 +18,6 @@ fn serve(url: &str, top: &str, app: &str) -> Server {
     server
 }
 
-fn base(server: &Server) -> String {
-    format!("http://127.0.0.1:{}", server.port)
-}
-
 // every error code of the contract, the items resource, panics, through the binary.
 #[test]
 fn the_contract_and_items_through_the_binary() {
@@ -29,7 +25,7 @@ fn the_contract_and_items_through_the_binary() {
     let out = migrate(binary!(), &pg.url());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let server = serve(&pg.url(), "", "");
-    let base = base(&server);
+    let base = server.base();
     check_healthz(&base);
     check_not_found(&base);
     check_method_not_allowed(&base);
@@ -67,7 +63,7 @@ fn the_contract_and_items_through_the_binary() {
 #[test]
 fn request_ids_are_echoed_logged_or_replaced() {
     let server = Server::start_ready(binary!(), "", "", 2);
-    let base = base(&server);
+    let base = server.base();
     check_request_id_echo(&base);
     let r = request(server.addr(), "GET", "/healthz", &["X-Request-ID: abc-123"], b"").unwrap();
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
@@ -101,7 +97,7 @@ fn readyz_follows_the_database_and_migrations() {
     let mut pg = PgServer::new();
     // Readiness is checked per worker; one worker makes every probe see the same state.
     let server = serve(&pg.url(), "workers = 1", "");
-    let base = base(&server);
+    let base = server.base();
     let workers = server.workers();
     check_readyz_not_ready(&base, "migrations", "pending");
     let out = migrate(binary!(), &pg.url());
@@ -127,13 +123,9 @@ fn readyz_follows_the_database_and_migrations() {
     let hole = Blackhole::new();
     let stuck = serve(&hole.url(), "", "");
     let started = Instant::now();
-    let r = test_support::http_client::get(&base_of(&stuck), "/readyz");
+    let r = test_support::http_client::get(&stuck.base(), "/readyz");
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     assert_error(&r, 503, "not_ready");
-}
-
-fn base_of(server: &Server) -> String {
-    base(server)
 }
 
 // a storm of probes causes a handful of queries.
@@ -143,7 +135,7 @@ fn concurrent_probes_share_one_check() {
     let out = migrate(binary!(), &pg.url());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let server = serve(&pg.url(), "", "");
-    let base = base(&server);
+    let base = server.base();
     check_readyz_ready(&base);
     pg.reset_statement_stats();
     let barrier = Arc::new(Barrier::new(200));
@@ -194,7 +186,7 @@ fn concurrent_migrations_both_succeed_once() {
 #[test]
 fn cors_allows_listed_origins_and_refuses_unsafe_settings() {
     let server = Server::start_ready(binary!(), "", "cors_origins = [\"https://app.example.com\"]", 2);
-    check_cors(&base(&server), "https://app.example.com");
+    check_cors(&server.base(), "https://app.example.com");
 
     let cases: [(&str, &[(&str, &str)]); 2] = [
         ("cors_origins = [\"*\"]\ncors_allow_credentials = true", &[]),
@@ -220,8 +212,8 @@ fn the_database_password_never_reaches_the_logs() {
     let failed = run_binary(binary!(), &["migrate", "--log-level", "debug"], &[("DATABASE_URL", &wrong)]);
     assert!(!failed.status.success());
     let server = serve(&pg.url(), "log_level = \"debug\"", "");
-    check_readyz_ready(&base(&server));
-    get_with(&base(&server), "/api/items", &[]);
+    check_readyz_ready(&server.base());
+    get_with(&server.base(), "/api/items", &[]);
     let check = run_binary(binary!(), &["check"], &[("DATABASE_URL", &pg.url())]);
     let mut all = server.stdout.all().join("\n") + &server.stderr.all().join("\n");
     for o in [&out, &failed, &check] {

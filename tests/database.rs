@@ -32,10 +32,6 @@ fn serve(pg: &PgServer, env: &[(&str, &str)]) -> Server {
     server
 }
 
-fn base(server: &Server) -> String {
-    format!("http://127.0.0.1:{}", server.port)
-}
-
 /// Another session holding `LOCK TABLE <table>` (ACCESS EXCLUSIVE) for `seconds`: a psql process, killed by
 /// pid and its backend terminated when dropped.
 struct Locker<'a> {
@@ -113,7 +109,7 @@ fn get_in_background(base: &str, path: &str) -> std::thread::JoinHandle<(HttpRes
 fn a_locked_table_answers_within_the_deadline_and_leaves_nothing_waiting() {
     let pg = migrated();
     let server = serve(&pg, &[("WEB_CONCURRENCY", "1"), ("DATABASE_POOL_SIZE", "2"), ("APP_REQUEST_TIMEOUT", "2")]);
-    let base = base(&server);
+    let base = server.base();
     check_readyz_ready(&base);
     let mut locker = Locker::hold(&pg, "items", 8);
 
@@ -155,7 +151,7 @@ fn a_deadline_cancels_the_statement_on_the_server_and_discards_the_connection() 
             ("DATABASE_LOCK_TIMEOUT", "0"),
         ],
     );
-    let base = base(&server);
+    let base = server.base();
     let mut locker = Locker::hold(&pg, "items", 8);
 
     let first = [get_in_background(&base, "/api/items"), get_in_background(&base, "/api/items")];
@@ -199,7 +195,7 @@ fn a_statement_over_statement_timeout_is_cancelled_by_the_server() {
         &pg,
         &[("APP_REQUEST_TIMEOUT", "5"), ("DATABASE_STATEMENT_TIMEOUT", "1"), ("DATABASE_LOCK_TIMEOUT", "0")],
     );
-    let base = base(&server);
+    let base = server.base();
     let mut locker = Locker::hold(&pg, "items", 8);
 
     let request = get_in_background(&base, "/api/items");
@@ -255,7 +251,7 @@ fn a_client_that_goes_away_mid_query_cancels_it() {
 fn a_readiness_check_past_its_deadline_cancels_its_statement() {
     let pg = migrated();
     let server = serve(&pg, &[("DATABASE_STATEMENT_TIMEOUT", "0"), ("DATABASE_LOCK_TIMEOUT", "0")]);
-    let base = base(&server);
+    let base = server.base();
     check_readyz_ready(&base);
     let _locker = Locker::hold(&pg, "refinery_schema_history", 10);
     std::thread::sleep(Duration::from_millis(600)); // the last result is reused for 0.5 s

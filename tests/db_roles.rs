@@ -203,7 +203,7 @@ fn a_fresh_database_gets_an_owner_and_a_least_privileged_app_role() {
     assert_the_app_role_is_least_privileged(&pg);
 
     let server = serve_as_app(&pg);
-    let base = format!("http://127.0.0.1:{}", server.port);
+    let base = server.base();
     check_readyz_ready(&base);
     check_items_crud(&base);
     let connected =
@@ -245,7 +245,7 @@ fn a_single_role_database_is_upgraded_in_place() {
     assert_the_app_role_is_least_privileged(&pg);
 
     let server = serve_as_app(&pg);
-    let base = format!("http://127.0.0.1:{}", server.port);
+    let base = server.base();
     check_readyz_ready(&base);
     let kept = get(&base, "/api/items/00000000-0000-7000-8000-0000000000aa");
     assert_eq!(kept.status, 200, "{}", kept.text());
@@ -283,7 +283,7 @@ fn count_items(pg: &PgServer) -> String {
 fn backups_are_private_and_restore_in_place_waits_for_the_api() {
     let (pg, secrets) = two_roles();
     let server = serve_as_app(&pg);
-    let base = format!("http://127.0.0.1:{}", server.port);
+    let base = server.base();
     for i in 0..3 {
         create_item(&base, &format!("backup {i}"), i);
     }
@@ -330,7 +330,7 @@ fn backups_are_private_and_restore_in_place_waits_for_the_api() {
     assert!(migrate(binary!(), &url(&pg, "app", OWNER_PASSWORD, "app")).status.success());
     assert_the_app_role_is_least_privileged(&pg);
     let server = serve_as_app(&pg);
-    check_items_crud(&format!("http://127.0.0.1:{}", server.port));
+    check_items_crud(&server.base());
     let names: BTreeSet<String> =
         psql_as(&pg, "app", OWNER_PASSWORD, "SELECT name FROM items").1.lines().map(String::from).collect();
     assert!(names.contains("backup 0") && !names.contains("after the dump"), "{names:?}");

@@ -45,7 +45,7 @@ fn schemathesis_finds_every_answer_described() {
     let config = config_with(port, "", "").replace("debug_routes = true", "debug_routes = false");
     let server = Server::start_with(binary!(), port, &config, &[("DATABASE_URL", &pg.url())], &[]);
     server.wait_workers_ready(2);
-    let base = format!("http://127.0.0.1:{port}");
+    let base = server.base();
     let dir = TempDir::new("openapi");
 
     // The document as served is the file in the repository, and valid OpenAPI 3.1.

@@ -213,6 +213,11 @@ impl Server {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// The base URL of the server, `http://127.0.0.1:<port>`, for the HTTP clients.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
     /// Master log lines with this message.
     pub fn master_logs(&self, msg: &str) -> Vec<Value> {
         self.stdout.json().into_iter().filter(|l| field(l, "role") == "master" && field(l, "msg") == msg).collect()
