@@ -19,10 +19,6 @@ const APP_PASSWORD: &str = "app pw'2\\";
 /// The superuser's password over TCP, until roles.sh removes it.
 const SUPERUSER_PASSWORD: &str = "superuser-pw";
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// PATH with the PostgreSQL binaries the throwaway server uses first, for the scripts' psql, pg_dump, ...
 fn path_with_pg() -> String {
     format!("{}:{}", tools().pg_bin.display(), std::env::var("PATH").unwrap_or_default())
@@ -62,7 +58,7 @@ impl Secrets {
 /// Runs conf/postgres/roles.sh as the deployments do, connecting over the server's socket as `superuser`.
 fn roles_sh(pg: &PgServer, secrets: &Secrets, superuser: &str) -> Output {
     let out = Command::new("sh")
-        .arg(root().join("conf/postgres/roles.sh"))
+        .arg(workspace_root().join("conf/postgres/roles.sh"))
         .env("PATH", path_with_pg())
         .env("PGHOST", pg.dir())
         .env("PGPORT", pg.port().to_string())
@@ -153,7 +149,7 @@ fn assert_the_app_role_is_least_privileged(pg: &PgServer) {
 
 /// The schema version of this build: the number of the newest file in migrations/.
 fn schema_version() -> String {
-    let newest = std::fs::read_dir(root().join("migrations"))
+    let newest = std::fs::read_dir(workspace_root().join("migrations"))
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix('V')?.split("__").next()?.parse::<u32>().ok())
         .max()
@@ -255,7 +251,7 @@ fn a_single_role_database_is_upgraded_in_place() {
 /// Runs compose/backup/pg-backup.sh as the backup service does (as the owner), with dumps in `dir`.
 fn pg_backup(pg: &PgServer, secrets: &Secrets, dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("sh")
-        .arg(root().join("compose/backup/pg-backup.sh"))
+        .arg(workspace_root().join("compose/backup/pg-backup.sh"))
         .args(args)
         .env("PATH", path_with_pg())
         .env("BACKUP_PATH", dir)
