@@ -530,22 +530,13 @@ mod tests {
     use super::*;
 
     fn load(toml: &str, env: &[(&str, &str)], flags: &[(&'static str, &str)]) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("config-test-{}-{}", std::process::id(), rand_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_support::TempDir::new("config-test");
         let path = dir.join("supervisor.toml");
         std::fs::write(&path, toml).unwrap();
         let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let flags = flags.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        let result = Layers::new(Some(&path), |k| env.get(k).cloned(), flags)
-            .and_then(|l| l.resolve((2, supervisor::cpus::CpuSource::Affinity)));
-        std::fs::remove_dir_all(&dir).unwrap();
-        result
-    }
-
-    fn rand_suffix() -> u64 {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        N.fetch_add(1, Ordering::Relaxed)
+        Layers::new(Some(&path), |k| env.get(k).cloned(), flags)
+            .and_then(|l| l.resolve((2, supervisor::cpus::CpuSource::Affinity)))
     }
 
     fn source_of(c: &Config, key: &str) -> Source {

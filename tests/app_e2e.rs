@@ -1,18 +1,12 @@
 //! The app through the real `supervisor` binary and a real PostgreSQL: the error contract, request ids and
 //! access logs, readiness, migrations, items, CORS guardrails and secrets in logs.
 
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use test_support::app_checks::*;
 use test_support::pg::{Blackhole, PgOptions, PgServer};
 use test_support::*;
-
-/// Runs `supervisor migrate` against `url` and returns its output.
-fn migrate(url: &str) -> std::process::Output {
-    Command::new(binary!()).arg("migrate").env("DATABASE_URL", url).env_remove("SUPERVISOR_LOG_LEVEL").output().unwrap()
-}
 
 /// A server on `url`, with a short request timeout and a small body limit for the contract checks.
 fn serve(url: &str, top: &str, app: &str) -> Server {
@@ -24,17 +18,14 @@ fn serve(url: &str, top: &str, app: &str) -> Server {
     server
 }
 
-fn base(server: &Server) -> String {
-    format!("http://127.0.0.1:{}", server.port)
-}
-
 // every error code of the contract, the items resource, panics, through the binary.
 #[test]
 fn the_contract_and_items_through_the_binary() {
     let pg = PgServer::new();
-    assert!(migrate(&pg.url()).status.success());
+    let out = migrate(binary!(), &pg.url());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let server = serve(&pg.url(), "", "");
-    let base = base(&server);
+    let base = server.base();
     check_healthz(&base);
     check_not_found(&base);
     check_method_not_allowed(&base);
@@ -72,7 +63,7 @@ fn the_contract_and_items_through_the_binary() {
 #[test]
 fn request_ids_are_echoed_logged_or_replaced() {
     let server = Server::start_ready(binary!(), "", "", 2);
-    let base = base(&server);
+    let base = server.base();
     check_request_id_echo(&base);
     let r = request(server.addr(), "GET", "/healthz", &["X-Request-ID: abc-123"], b"").unwrap();
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
@@ -106,10 +97,11 @@ fn readyz_follows_the_database_and_migrations() {
     let mut pg = PgServer::new();
     // Readiness is checked per worker; one worker makes every probe see the same state.
     let server = serve(&pg.url(), "workers = 1", "");
-    let base = base(&server);
+    let base = server.base();
     let workers = server.workers();
     check_readyz_not_ready(&base, "migrations", "pending");
-    assert!(migrate(&pg.url()).status.success());
+    let out = migrate(binary!(), &pg.url());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let ready = |status: u16| {
         wait_for(Duration::from_secs(3), &format!("/readyz {status}"), || {
             let started = Instant::now();
@@ -131,22 +123,19 @@ fn readyz_follows_the_database_and_migrations() {
     let hole = Blackhole::new();
     let stuck = serve(&hole.url(), "", "");
     let started = Instant::now();
-    let r = test_support::http_client::get(&base_of(&stuck), "/readyz");
+    let r = test_support::http_client::get(&stuck.base(), "/readyz");
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     assert_error(&r, 503, "not_ready");
-}
-
-fn base_of(server: &Server) -> String {
-    base(server)
 }
 
 // a storm of probes causes a handful of queries.
 #[test]
 fn concurrent_probes_share_one_check() {
     let pg = PgServer::with_options(PgOptions { stat_statements: true, ..PgOptions::default() });
-    assert!(migrate(&pg.url()).status.success());
+    let out = migrate(binary!(), &pg.url());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let server = serve(&pg.url(), "", "");
-    let base = base(&server);
+    let base = server.base();
     check_readyz_ready(&base);
     pg.reset_statement_stats();
     let barrier = Arc::new(Barrier::new(200));
@@ -178,7 +167,7 @@ fn concurrent_migrations_both_succeed_once() {
             let (url, start) = (url.clone(), start.clone());
             std::thread::spawn(move || {
                 start.wait();
-                migrate(&url)
+                migrate(binary!(), &url)
             })
         })
         .collect();
@@ -189,7 +178,7 @@ fn concurrent_migrations_both_succeed_once() {
     let applied = outputs.iter().filter(|o| String::from_utf8_lossy(&o.stdout).contains("applied V1")).count();
     assert_eq!(applied, 1, "exactly one run applied V1");
     assert_eq!(pg.psql("SELECT count(*) FROM refinery_schema_history").trim(), "1");
-    let again = migrate(&url);
+    let again = migrate(binary!(), &url);
     assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).contains("nothing to apply"));
 }
 
@@ -197,7 +186,7 @@ fn concurrent_migrations_both_succeed_once() {
 #[test]
 fn cors_allows_listed_origins_and_refuses_unsafe_settings() {
     let server = Server::start_ready(binary!(), "", "cors_origins = [\"https://app.example.com\"]", 2);
-    check_cors(&base(&server), "https://app.example.com");
+    check_cors(&server.base(), "https://app.example.com");
 
     let cases: [(&str, &[(&str, &str)]); 2] = [
         ("cors_origins = [\"*\"]\ncors_allow_credentials = true", &[]),
@@ -217,20 +206,15 @@ fn cors_allows_listed_origins_and_refuses_unsafe_settings() {
 fn the_database_password_never_reaches_the_logs() {
     let password = "Sup3r-s3cret-pw";
     let pg = PgServer::with_options(PgOptions { password: Some(password.into()), ..PgOptions::default() });
-    let out = Command::new(binary!())
-        .args(["migrate", "--log-level", "debug"])
-        .env("DATABASE_URL", pg.url())
-        .output()
-        .unwrap();
+    let out = run_binary(binary!(), &["migrate", "--log-level", "debug"], &[("DATABASE_URL", &pg.url())]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let wrong = pg.url().replace(password, "wrong-pw-XYZ");
-    let failed =
-        Command::new(binary!()).args(["migrate", "--log-level", "debug"]).env("DATABASE_URL", &wrong).output().unwrap();
+    let failed = run_binary(binary!(), &["migrate", "--log-level", "debug"], &[("DATABASE_URL", &wrong)]);
     assert!(!failed.status.success());
     let server = serve(&pg.url(), "log_level = \"debug\"", "");
-    check_readyz_ready(&base(&server));
-    get_with(&base(&server), "/api/items", &[]);
-    let check = Command::new(binary!()).arg("check").env("DATABASE_URL", pg.url()).output().unwrap();
+    check_readyz_ready(&server.base());
+    get_with(&server.base(), "/api/items", &[]);
+    let check = run_binary(binary!(), &["check"], &[("DATABASE_URL", &pg.url())]);
     let mut all = server.stdout.all().join("\n") + &server.stderr.all().join("\n");
     for o in [&out, &failed, &check] {
         all += &String::from_utf8_lossy(&o.stdout);

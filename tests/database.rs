@@ -16,7 +16,7 @@ use test_support::*;
 /// A migrated database.
 fn migrated() -> PgServer {
     let pg = PgServer::new();
-    let out = Command::new(binary!()).arg("migrate").env("DATABASE_URL", pg.url()).output().unwrap();
+    let out = migrate(binary!(), &pg.url());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     pg
 }
@@ -30,10 +30,6 @@ fn serve(pg: &PgServer, env: &[(&str, &str)]) -> Server {
     let server = Server::start_with(binary!(), port, &config_with(port, "", ""), &all, &[]);
     server.wait_workers_ready(1);
     server
-}
-
-fn base(server: &Server) -> String {
-    format!("http://127.0.0.1:{}", server.port)
 }
 
 /// Another session holding `LOCK TABLE <table>` (ACCESS EXCLUSIVE) for `seconds`: a psql process, killed by
@@ -95,6 +91,11 @@ fn waiting_on_a_lock(pg: &PgServer) -> BTreeSet<i32> {
     app_backends(pg, "wait_event_type = 'Lock'")
 }
 
+/// The time left until `deadline` (zero once it has passed), for [`poll`].
+fn until(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
 /// GETs `path` from a thread; returns the response and how long it took.
 fn get_in_background(base: &str, path: &str) -> std::thread::JoinHandle<(HttpResponse, Duration)> {
     let (base, path) = (base.to_owned(), path.to_owned());
@@ -113,7 +114,7 @@ fn get_in_background(base: &str, path: &str) -> std::thread::JoinHandle<(HttpRes
 fn a_locked_table_answers_within_the_deadline_and_leaves_nothing_waiting() {
     let pg = migrated();
     let server = serve(&pg, &[("WEB_CONCURRENCY", "1"), ("DATABASE_POOL_SIZE", "2"), ("APP_REQUEST_TIMEOUT", "2")]);
-    let base = base(&server);
+    let base = server.base();
     check_readyz_ready(&base);
     let mut locker = Locker::hold(&pg, "items", 8);
 
@@ -129,9 +130,20 @@ fn a_locked_table_answers_within_the_deadline_and_leaves_nothing_waiting() {
             _ => assert_error(&response, 504, "timeout"),
         };
     }
-    std::thread::sleep((last + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
-    assert_eq!(waiting_on_a_lock(&pg), BTreeSet::new(), "1 s after the last answer, no app query waits on the lock");
-    assert!(server.stdout.all().iter().any(|l| l.contains("statement gave up waiting for a lock (lock_timeout)")));
+    let mut waiting = BTreeSet::new();
+    poll(until(last + Duration::from_secs(1)), POLL_INTERVAL, || {
+        waiting = waiting_on_a_lock(&pg);
+        waiting.is_empty().then_some(())
+    });
+    assert_eq!(waiting, BTreeSet::new(), "1 s after the last answer, no app query waits on the lock");
+    wait_for(until(last + Duration::from_secs(1)), "the lock_timeout logged", || {
+        server
+            .stdout
+            .all()
+            .iter()
+            .any(|l| l.contains("statement gave up waiting for a lock (lock_timeout)"))
+            .then_some(())
+    });
 
     locker.release();
     let response = get(&base, "/api/items");
@@ -155,7 +167,7 @@ fn a_deadline_cancels_the_statement_on_the_server_and_discards_the_connection() 
             ("DATABASE_LOCK_TIMEOUT", "0"),
         ],
     );
-    let base = base(&server);
+    let base = server.base();
     let mut locker = Locker::hold(&pg, "items", 8);
 
     let first = [get_in_background(&base, "/api/items"), get_in_background(&base, "/api/items")];
@@ -176,12 +188,17 @@ fn a_deadline_cancels_the_statement_on_the_server_and_discards_the_connection() 
         assert_error(&response, 504, "timeout");
         assert!(took < Duration::from_millis(2500), "504 after {took:?}");
     }
-    std::thread::sleep((last + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
-    assert_eq!(waiting_on_a_lock(&pg), BTreeSet::new(), "1 s after the last 504, no app query waits on the lock");
-    let still = app_backends(&pg, "true");
+    let (mut still_waiting, mut still) = (BTreeSet::new(), BTreeSet::new());
+    poll(until(last + Duration::from_secs(1)), POLL_INTERVAL, || {
+        still_waiting = waiting_on_a_lock(&pg);
+        still = app_backends(&pg, "true");
+        (still_waiting.is_empty() && waiting.is_disjoint(&still)).then_some(())
+    });
+    assert_eq!(still_waiting, BTreeSet::new(), "1 s after the last 504, no app query waits on the lock");
     assert!(waiting.is_disjoint(&still), "the cancelled statements' connections were closed: {waiting:?} {still:?}");
-    let logged = server.stdout.all().iter().filter(|l| l.contains("statement abandoned in flight")).count();
-    assert_eq!(logged, 2, "each abandoned statement is logged once");
+    let abandoned = || server.stdout.all().iter().filter(|l| l.contains("statement abandoned in flight")).count();
+    poll(until(last + Duration::from_secs(1)), POLL_INTERVAL, || (abandoned() >= 2).then_some(()));
+    assert_eq!(abandoned(), 2, "each abandoned statement is logged once");
 
     locker.release();
     let response = get(&base, "/api/items");
@@ -199,7 +216,7 @@ fn a_statement_over_statement_timeout_is_cancelled_by_the_server() {
         &pg,
         &[("APP_REQUEST_TIMEOUT", "5"), ("DATABASE_STATEMENT_TIMEOUT", "1"), ("DATABASE_LOCK_TIMEOUT", "0")],
     );
-    let base = base(&server);
+    let base = server.base();
     let mut locker = Locker::hold(&pg, "items", 8);
 
     let request = get_in_background(&base, "/api/items");
@@ -255,13 +272,17 @@ fn a_client_that_goes_away_mid_query_cancels_it() {
 fn a_readiness_check_past_its_deadline_cancels_its_statement() {
     let pg = migrated();
     let server = serve(&pg, &[("DATABASE_STATEMENT_TIMEOUT", "0"), ("DATABASE_LOCK_TIMEOUT", "0")]);
-    let base = base(&server);
+    let base = server.base();
     check_readyz_ready(&base);
     let _locker = Locker::hold(&pg, "refinery_schema_history", 10);
-    std::thread::sleep(Duration::from_millis(600)); // the last result is reused for 0.5 s
-    let started = Instant::now();
-    let response = get(&base, "/readyz");
-    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    // The last result is reused for 0.5 s: probe until one runs a check of its own, which finds the lock. Every
+    // probe answers within the deadline.
+    let response = wait_for(Duration::from_secs(3), "/readyz to answer 503", || {
+        let started = Instant::now();
+        let response = get(&base, "/readyz");
+        assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+        (response.status == 503).then_some(response)
+    });
     let body = assert_error(&response, 503, "not_ready");
     assert_eq!(body["details"]["checks"]["database"], "timeout", "{body}");
     wait_for(Duration::from_secs(1), "no readiness statement waiting on the lock", || {

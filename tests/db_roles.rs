@@ -19,10 +19,6 @@ const APP_PASSWORD: &str = "app pw'2\\";
 /// The superuser's password over TCP, until roles.sh removes it.
 const SUPERUSER_PASSWORD: &str = "superuser-pw";
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// PATH with the PostgreSQL binaries the throwaway server uses first, for the scripts' psql, pg_dump, ...
 fn path_with_pg() -> String {
     format!("{}:{}", tools().pg_bin.display(), std::env::var("PATH").unwrap_or_default())
@@ -62,7 +58,7 @@ impl Secrets {
 /// Runs conf/postgres/roles.sh as the deployments do, connecting over the server's socket as `superuser`.
 fn roles_sh(pg: &PgServer, secrets: &Secrets, superuser: &str) -> Output {
     let out = Command::new("sh")
-        .arg(root().join("conf/postgres/roles.sh"))
+        .arg(workspace_root().join("conf/postgres/roles.sh"))
         .env("PATH", path_with_pg())
         .env("PGHOST", pg.dir())
         .env("PGPORT", pg.port().to_string())
@@ -80,11 +76,6 @@ fn roles_sh(pg: &PgServer, secrets: &Secrets, superuser: &str) -> Output {
         assert!(!text.contains(secret), "roles.sh printed a password: {text}");
     }
     out
-}
-
-/// `supervisor migrate` against `url`.
-fn migrate(url: &str) -> Output {
-    Command::new(binary!()).arg("migrate").env("DATABASE_URL", url).output().unwrap()
 }
 
 /// Runs `sql` with psql over TCP as `user` in the app database; whether it succeeded, and its output (stdout
@@ -111,7 +102,7 @@ fn two_roles() -> (PgServer, Secrets) {
     pg.psql("CREATE DATABASE app");
     let secrets = Secrets::new(OWNER_PASSWORD, APP_PASSWORD);
     roles_sh(&pg, &secrets, "postgres");
-    let out = migrate(&url(&pg, "app", OWNER_PASSWORD, "app"));
+    let out = migrate(binary!(), &url(&pg, "app", OWNER_PASSWORD, "app"));
     assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stdout));
     (pg, secrets)
 }
@@ -158,7 +149,7 @@ fn assert_the_app_role_is_least_privileged(pg: &PgServer) {
 
 /// The schema version of this build: the number of the newest file in migrations/.
 fn schema_version() -> String {
-    let newest = std::fs::read_dir(root().join("migrations"))
+    let newest = std::fs::read_dir(workspace_root().join("migrations"))
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix('V')?.split("__").next()?.parse::<u32>().ok())
         .max()
@@ -195,7 +186,7 @@ fn privileges(pg: &PgServer) -> String {
 fn a_fresh_database_gets_an_owner_and_a_least_privileged_app_role() {
     let (pg, secrets) = two_roles();
 
-    let out = migrate(&pg.url());
+    let out = migrate(binary!(), &pg.url());
     assert!(!out.status.success(), "the superuser logs in over TCP no more");
     assert!(String::from_utf8_lossy(&out.stdout).contains("password authentication failed"));
     let (ok, owner) = psql_as(
@@ -208,7 +199,7 @@ fn a_fresh_database_gets_an_owner_and_a_least_privileged_app_role() {
     assert_the_app_role_is_least_privileged(&pg);
 
     let server = serve_as_app(&pg);
-    let base = format!("http://127.0.0.1:{}", server.port);
+    let base = server.base();
     check_readyz_ready(&base);
     check_items_crud(&base);
     let connected =
@@ -235,7 +226,7 @@ fn a_single_role_database_is_upgraded_in_place() {
     let owner = url(&pg, "app", OWNER_PASSWORD, "app");
     pg.psql(&format!("CREATE ROLE app SUPERUSER LOGIN PASSWORD '{}'", OWNER_PASSWORD.replace('\'', "''")));
     pg.psql("CREATE DATABASE app OWNER app");
-    assert!(migrate(&owner).status.success());
+    assert!(migrate(binary!(), &owner).status.success());
     let (ok, _) = psql_as(
         &pg,
         "app",
@@ -246,11 +237,11 @@ fn a_single_role_database_is_upgraded_in_place() {
 
     let secrets = Secrets::new(OWNER_PASSWORD, APP_PASSWORD);
     roles_sh(&pg, &secrets, "app");
-    assert!(migrate(&owner).status.success(), "the owner still migrates with its password");
+    assert!(migrate(binary!(), &owner).status.success(), "the owner still migrates with its password");
     assert_the_app_role_is_least_privileged(&pg);
 
     let server = serve_as_app(&pg);
-    let base = format!("http://127.0.0.1:{}", server.port);
+    let base = server.base();
     check_readyz_ready(&base);
     let kept = get(&base, "/api/items/00000000-0000-7000-8000-0000000000aa");
     assert_eq!(kept.status, 200, "{}", kept.text());
@@ -260,7 +251,7 @@ fn a_single_role_database_is_upgraded_in_place() {
 /// Runs compose/backup/pg-backup.sh as the backup service does (as the owner), with dumps in `dir`.
 fn pg_backup(pg: &PgServer, secrets: &Secrets, dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("sh")
-        .arg(root().join("compose/backup/pg-backup.sh"))
+        .arg(workspace_root().join("compose/backup/pg-backup.sh"))
         .args(args)
         .env("PATH", path_with_pg())
         .env("BACKUP_PATH", dir)
@@ -288,7 +279,7 @@ fn count_items(pg: &PgServer) -> String {
 fn backups_are_private_and_restore_in_place_waits_for_the_api() {
     let (pg, secrets) = two_roles();
     let server = serve_as_app(&pg);
-    let base = format!("http://127.0.0.1:{}", server.port);
+    let base = server.base();
     for i in 0..3 {
         create_item(&base, &format!("backup {i}"), i);
     }
@@ -332,10 +323,10 @@ fn backups_are_private_and_restore_in_place_waits_for_the_api() {
     assert_eq!(count_items(&pg), dumped);
 
     // docs/backups.md: migrate, then start the api.
-    assert!(migrate(&url(&pg, "app", OWNER_PASSWORD, "app")).status.success());
+    assert!(migrate(binary!(), &url(&pg, "app", OWNER_PASSWORD, "app")).status.success());
     assert_the_app_role_is_least_privileged(&pg);
     let server = serve_as_app(&pg);
-    check_items_crud(&format!("http://127.0.0.1:{}", server.port));
+    check_items_crud(&server.base());
     let names: BTreeSet<String> =
         psql_as(&pg, "app", OWNER_PASSWORD, "SELECT name FROM items").1.lines().map(String::from).collect();
     assert!(names.contains("backup 0") && !names.contains("after the dump"), "{names:?}");

@@ -38,12 +38,6 @@ fn base(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// Runs `supervisor migrate` against `url`; panics with its output if it fails.
-fn migrate(url: &str) {
-    let output = Command::new(binary!()).arg("migrate").env("DATABASE_URL", url).output().expect("running migrate");
-    assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stdout));
-}
-
 /// A `supervisor` with 2 ready workers, `top` replacing base settings, `DATABASE_URL` if given.
 fn api(top: &str, database_url: Option<&str>) -> Server {
     let port = free_port();
@@ -98,7 +92,8 @@ fn raw_response(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
 #[test]
 fn routes_items_and_the_spa_through_the_edge() {
     let pg = PgServer::new();
-    migrate(&pg.url());
+    let output = migrate(binary!(), &pg.url());
+    assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stdout));
     let server = api("", Some(&pg.url()));
     let edge = Nginx::start(&upstream(&server), unlimited());
     let base = base(edge.addr());
@@ -118,7 +113,7 @@ fn routes_items_and_the_spa_through_the_edge() {
     check_method_not_allowed(&base);
 
     // The API's description, byte for byte as the API serves it, with the edge's headers and the API's CSP.
-    let direct = get(&format!("http://{}", server.addr()), "/openapi.json");
+    let direct = get(&server.base(), "/openapi.json");
     let described = get(&base, "/openapi.json");
     assert_eq!((described.status, &described.body), (200, &direct.body));
     assert_eq!(described.header("content-type"), Some("application/json"));
@@ -240,7 +235,7 @@ fn every_response_carries_the_security_headers_and_one_request_id() {
     // The API's own error passes through untouched: same status, body and type as straight from the API
     // (same request id), plus the edge's headers.
     let id = [("X-Request-ID", "passthrough-1")];
-    let direct = get_with(&format!("http://{}", server.addr()), "/api/items/not-a-uuid", &id);
+    let direct = get_with(&server.base(), "/api/items/not-a-uuid", &id);
     let proxied = get_with(&base, "/api/items/not-a-uuid", &id);
     assert_eq!((proxied.status, &proxied.body), (direct.status, &direct.body));
     assert_eq!(proxied.header("content-type"), direct.header("content-type"));
@@ -325,7 +320,7 @@ fn the_tls_variant_sends_hsts() {
     assert_edge_headers(&blocked, "a 403 over TLS", Some(&hsts));
 
     // Plain HTTP to the TLS port is redirected to HTTPS.
-    let plain_to_tls = get(&format!("http://{}", edge.tls_addr()), "/some/route");
+    let plain_to_tls = get(&base(edge.tls_addr()), "/some/route");
     assert_eq!(plain_to_tls.status, 301);
     let location = format!("https://{}/some/route", edge.tls_addr());
     assert_eq!(plain_to_tls.header("location"), Some(location.as_str()));
@@ -402,7 +397,7 @@ fn internal_endpoints_are_not_reachable_from_outside() {
     let edge = Nginx::start(&upstream(&server), unlimited());
     let base = base(edge.addr());
     // The API itself answers /readyz (503 without a database): the edge is what hides it.
-    assert_error(&get(&format!("http://{}", server.addr()), "/readyz"), 503, "not_ready");
+    assert_error(&get(&server.base(), "/readyz"), 503, "not_ready");
 
     for path in ["/metrics", "/readyz", "/metrics?format=text", "/readyz?verbose=1", "//metrics", "/api/../readyz"] {
         for method in ["GET", "POST"] {
@@ -431,7 +426,8 @@ fn internal_endpoints_are_not_reachable_from_outside() {
 #[test]
 fn a_post_after_the_api_keepalive_is_not_a_502() {
     let pg = PgServer::new();
-    migrate(&pg.url());
+    let output = migrate(binary!(), &pg.url());
+    assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stdout));
     // The API closes idle connections after 2 s; the edge after 250 ms.
     let server = api("keepalive = 2", Some(&pg.url()));
     let edge = Nginx::start(&upstream(&server), unlimited().var("EDGE_UPSTREAM_KEEPALIVE_TIMEOUT", "250ms"));

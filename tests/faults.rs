@@ -127,6 +127,7 @@ fn a_worker_crashing_right_after_ready_is_respawned_at_a_bounded_rate() {
                 signal(pid, SIGABRT);
             }
         }
+        // How often the crash window looks for a new worker to crash; the window itself is the time under test.
         std::thread::sleep(Duration::from_millis(5));
     }
     let stats = load.finish();

@@ -161,6 +161,7 @@ fn a_stalled_log_reader_never_stops_the_server_and_the_loss_is_counted_and_repor
     let load = Load::start(server.addr(), "/healthz", 2, 1);
     let mut seen = Vec::new();
     while stall_began.elapsed() < Duration::from_secs(30) {
+        // The stall's length is what is under test, not a wait for an event: sample the metrics every 2.5 s of it.
         std::thread::sleep(Duration::from_millis(2500).min(Duration::from_secs(30) - stall_began.elapsed()));
         let m = server.metrics();
         seen.push(dropped(&m, "worker"));

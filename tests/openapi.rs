@@ -38,14 +38,14 @@ fn tools() -> Venv {
 fn schemathesis_finds_every_answer_described() {
     let tools = tools();
     let pg = PgServer::new();
-    let migrated = Command::new(binary!()).arg("migrate").env("DATABASE_URL", pg.url()).output().unwrap();
+    let migrated = migrate(binary!(), &pg.url());
     assert!(migrated.status.success(), "migrate: {}", String::from_utf8_lossy(&migrated.stdout));
     let port = free_port();
     // As deployed: no debug routes (they are not part of the API), the default limits and request timeout.
     let config = config_with(port, "", "").replace("debug_routes = true", "debug_routes = false");
     let server = Server::start_with(binary!(), port, &config, &[("DATABASE_URL", &pg.url())], &[]);
     server.wait_workers_ready(2);
-    let base = format!("http://127.0.0.1:{port}");
+    let base = server.base();
     let dir = TempDir::new("openapi");
 
     // The document as served is the file in the repository, and valid OpenAPI 3.1.

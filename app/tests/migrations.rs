@@ -79,15 +79,13 @@ fn only_migrate_writes_the_history_whatever_default_privileges_grant() {
     // write: refinery's history table is a new table too.
     pg.psql("CREATE ROLE reader");
     pg.psql("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO reader, PUBLIC");
-    let config = config(Some(pg.url()));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let writes = |role: &str, table: &str| -> Vec<&'static str> {
         ["INSERT", "UPDATE", "DELETE", "TRUNCATE"]
             .into_iter()
             .filter(|p| pg.psql(&format!("SELECT has_table_privilege('{role}', '{table}', '{p}')")) == "t")
             .collect()
     };
-    rt.block_on(app::migrate(&config)).expect("migrate");
+    support::migrate(&pg.url());
     for role in ["reader", "public"] {
         assert_eq!(writes(role, "refinery_schema_history"), Vec::<&str>::new(), "{role} may not write the history");
         assert_eq!(pg.psql(&format!("SELECT has_table_privilege('{role}', 'refinery_schema_history', 'SELECT')")), "t");
@@ -95,6 +93,6 @@ fn only_migrate_writes_the_history_whatever_default_privileges_grant() {
     }
     // Granted again by hand, taken back by the next run.
     pg.psql("GRANT INSERT, DELETE ON refinery_schema_history TO reader");
-    rt.block_on(app::migrate(&config)).expect("migrate again");
+    support::migrate(&pg.url());
     assert_eq!(writes("reader", "refinery_schema_history"), Vec::<&str>::new());
 }

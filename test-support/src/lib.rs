@@ -9,7 +9,8 @@
 //! with the command to run.
 //!
 //! - [`server`]: [`Server`] (the binary under test; [`binary!`] names it), its captured output ([`Lines`]),
-//!   test configurations; [`load`]: [`Load`], background clients.
+//!   test configurations, its one-shot commands ([`migrate`], [`run_binary`]); [`load`]: [`Load`],
+//!   background clients.
 //! - [`http_client`]: one request per connection to a base URL, for the app's contract ([`app_checks`], whose
 //!   requests are checked against the API description the server serves, [`openapi`]); [`conn`]: [`Conn`], a
 //!   connection the test holds (keep-alive, raw header lines, I/O errors as values).
@@ -39,7 +40,9 @@ use std::time::{Duration, Instant};
 pub use conn::{Conn, Response, get, request};
 pub use load::{Load, LoadStats};
 pub use process::{alive, children, cpu_time, established_to, listening_inodes, signal, socket_fds, stat};
-pub use server::{Lines, Server, base_config, config_with, field, min_ready_after_startup, ts_seconds};
+pub use server::{
+    Lines, Server, base_config, config_with, field, migrate, min_ready_after_startup, run_binary, ts_seconds,
+};
 
 /// The path of the `supervisor` binary under test, for the root package's integration tests.
 ///

@@ -3,13 +3,14 @@
 //! when the handle is dropped.
 //!
 //! Only the root package's integration tests know where cargo put the binary, so they pass its path in:
-//! `Server::start_ready(binary!(), "workers = 3", "", 3)` (see [`crate::binary!`]).
+//! `Server::start_ready(binary!(), "workers = 3", "", 3)` (see [`crate::binary!`]). Its one-shot commands
+//! (`migrate`, `check`) run the same way, in the same clean environment: [`run_binary`], [`migrate`].
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,6 +80,71 @@ pub struct Server {
     pub stderr: Lines,
 }
 
+/// Removes from `cmd`'s environment every variable the binary reads (supervisor, gunicorn, app, database,
+/// CORS, systemd), so that the caller's environment cannot change what a test runs, then sets `env`.
+fn clean_env(cmd: &mut Command, env: &[(&str, &str)]) {
+    for (k, _) in std::env::vars() {
+        let ours = ["SUPERVISOR_", "GUNICORN_", "APP_", "DATABASE_", "CORS_", "LISTEN_", "NOTIFY_", "WATCHDOG_"];
+        if ours.iter().any(|p| k.starts_with(p)) || k == "WEB_CONCURRENCY" || k == "FORWARDED_ALLOW_IPS" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+}
+
+/// Spawns `cmd`. A binary the test has just copied can be briefly "busy": a concurrent test's fork inherits
+/// the copy's write descriptor until its exec. Retry for a moment, as cargo does.
+fn spawn(cmd: &mut Command) -> Child {
+    let busy = |spawned: &std::io::Result<Child>| {
+        spawned.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ExecutableFileBusy)
+    };
+    let spawned = poll(Duration::from_secs(5), POLL_INTERVAL, || Some(cmd.spawn()).filter(|s| !busy(s)));
+    spawned.unwrap_or_else(|| cmd.spawn()).unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
+}
+
+/// How long a one-shot command of the binary ([`run_binary`], [`migrate`]) may take before the test fails.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `<bin> <args>` to its end, like [`Server::launch`] in a clean environment plus `env`, and returns its
+/// output. Past [`COMMAND_LIMIT`] it is killed by its pid and the test fails with what it printed.
+pub fn run_binary(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    clean_env(&mut cmd, env);
+    let mut child = spawn(&mut cmd);
+    let read_all = |mut stream: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = stream.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let finished = poll(COMMAND_LIMIT, POLL_INTERVAL, || child.try_wait().expect("waiting for a child"));
+    if finished.is_none() {
+        signal(child.id() as i32, libc::SIGKILL);
+    }
+    let status = finished.unwrap_or_else(|| child.wait().expect("waiting for a killed child"));
+    // The pipes close when the process exits: it starts no other process that could hold them.
+    let output = Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() };
+    if finished.is_none() {
+        panic!(
+            "{bin} {args:?} did not finish within {COMMAND_LIMIT:?} and was killed; stdout: {} stderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    output
+}
+
+/// Runs `<bin> migrate` against the database at `url` (see [`run_binary`]) and returns its output.
+pub fn migrate(bin: &str, url: &str) -> Output {
+    run_binary(bin, &["migrate"], &[("DATABASE_URL", url)])
+}
+
 /// Base config for tests: loopback port, debug routes, short timeouts.
 pub fn base_config(port: u16) -> String {
     config_with(port, "", "")
@@ -119,22 +185,8 @@ impl Server {
         std::fs::write(&path, config).unwrap();
         let mut cmd = make(&path);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            let ours = ["SUPERVISOR_", "GUNICORN_", "APP_", "DATABASE_", "CORS_", "LISTEN_", "NOTIFY_", "WATCHDOG_"];
-            if ours.iter().any(|p| k.starts_with(p)) || k == "WEB_CONCURRENCY" || k == "FORWARDED_ALLOW_IPS" {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        // A binary the test has just copied can be briefly "busy": a concurrent test's fork inherits the
-        // copy's write descriptor until its exec. Retry for a moment, as cargo does.
-        let busy = |spawned: &std::io::Result<Child>| {
-            spawned.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ExecutableFileBusy)
-        };
-        let spawned = poll(Duration::from_secs(5), POLL_INTERVAL, || Some(cmd.spawn()).filter(|s| !busy(s)));
-        let mut child = spawned.unwrap_or_else(|| cmd.spawn()).expect("spawn supervisor");
+        clean_env(&mut cmd, env);
+        let mut child = spawn(&mut cmd);
         let stdout = Lines::default();
         let stderr = Lines::default();
         stdout.clone().capture(child.stdout.take().unwrap());
@@ -159,6 +211,11 @@ impl Server {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The base URL of the server, `http://127.0.0.1:<port>`, for the HTTP clients.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr())
     }
 
     /// Master log lines with this message.
