@@ -74,12 +74,7 @@ impl Process {
         let mut cmd = Command::new(binary!());
         cmd.arg("--config").arg(&path).stdin(Stdio::null()).stdout(stdout);
         cmd.stderr(std::fs::File::create(dir.join("stderr")).unwrap());
-        for (k, _) in std::env::vars() {
-            let ours = ["SUPERVISOR_", "GUNICORN_", "APP_", "DATABASE_", "CORS_", "LISTEN_", "NOTIFY_", "WATCHDOG_"];
-            if ours.iter().any(|p| k.starts_with(p)) || k == "WEB_CONCURRENCY" || k == "FORWARDED_ALLOW_IPS" {
-                cmd.env_remove(k);
-            }
-        }
+        test_support::server::clean_env(&mut cmd, &[]);
         let child = cmd.spawn().expect("spawn supervisor");
         let pid = child.id() as i32;
         Process { child, pid, port, dir }

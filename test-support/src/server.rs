@@ -82,7 +82,7 @@ pub struct Server {
 
 /// Removes from `cmd`'s environment every variable the binary reads (supervisor, gunicorn, app, database,
 /// CORS, systemd), so that the caller's environment cannot change what a test runs, then sets `env`.
-fn clean_env(cmd: &mut Command, env: &[(&str, &str)]) {
+pub fn clean_env(cmd: &mut Command, env: &[(&str, &str)]) {
     for (k, _) in std::env::vars() {
         let ours = ["SUPERVISOR_", "GUNICORN_", "APP_", "DATABASE_", "CORS_", "LISTEN_", "NOTIFY_", "WATCHDOG_"];
         if ours.iter().any(|p| k.starts_with(p)) || k == "WEB_CONCURRENCY" || k == "FORWARDED_ALLOW_IPS" {
