@@ -356,11 +356,7 @@ impl Nginx {
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let workers = children(self.pid);
-        signal(self.pid, libc::SIGTERM);
-        if poll(STOP_DEADLINE, POLL_INTERVAL, || child.try_wait().ok().flatten()).is_none() {
-            signal(self.pid, libc::SIGKILL);
-            let _ = child.wait();
-        }
+        crate::process::stop(&mut child, libc::SIGTERM, STOP_DEADLINE);
         for w in workers {
             if alive(w) {
                 signal(w, libc::SIGKILL);

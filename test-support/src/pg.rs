@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::process::{is_root, signal};
+use crate::process::{is_root, stop};
 use crate::{TempDir, free_port, poll, provision};
 
 /// How long a server may take to accept connections after it was started.
@@ -134,7 +134,7 @@ impl PgServer {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        stop_child(&mut child, libc::SIGINT);
+        stop(&mut child, libc::SIGINT, STOP_DEADLINE);
     }
 
     /// Runs SQL as the superuser over the unix socket; panics (with psql's output) if it fails. Returns the
@@ -248,19 +248,6 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Signals a child by pid and waits for it to exit; SIGKILL after [`STOP_DEADLINE`].
-fn stop_child(child: &mut Child, sig: i32) {
-    if child.try_wait().ok().flatten().is_some() {
-        return;
-    }
-    signal(child.id() as i32, sig);
-    if poll(STOP_DEADLINE, POLL, || child.try_wait().ok().flatten()).is_some() {
-        return;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// uid and gid of the `postgres` user, from /etc/passwd.

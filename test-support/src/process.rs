@@ -12,6 +12,18 @@ pub fn signal(pid: i32, sig: i32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
+/// Stops a child: `sig` by its pid, then SIGKILL if it has not exited within `deadline`; waits for it.
+pub fn stop(child: &mut std::process::Child, sig: i32, deadline: Duration) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    signal(child.id() as i32, sig);
+    if crate::poll(deadline, crate::POLL_INTERVAL, || child.try_wait().ok().flatten()).is_none() {
+        signal(child.id() as i32, libc::SIGKILL);
+        let _ = child.wait();
+    }
+}
+
 /// Runs `cmd` to its end with its stdout and stderr appended to `log`, and returns its exit status and how
 /// long it ran. Past `limit` the process is killed by its pid and waited for, and the error says so.
 pub fn run_within(cmd: &mut Command, limit: Duration, log: &Path) -> Result<(ExitStatus, Duration), String> {
