@@ -307,16 +307,19 @@ else
 fi
 # The edge finds the new tasks through the service name: the access log names every task's address as upstream.
 EDGE_C=$(container_of "$(running_tasks edge | head -1)")
+# all_tasks_reached N: N api tasks run, and the edge has sent requests to each of them.
 all_tasks_reached() {
-    local t addr
+    local t addr n=0
     "$DOCKER" logs --since "$t_scale" "$EDGE_C" >"$TMP/edge-scale.log" 2>/dev/null
     for t in $(running_tasks api); do
         addr=$(front_address "$t")
         [ -n "$addr" ] && grep -q "\"upstream\":\"$addr:8000\"" "$TMP/edge-scale.log" || return 1
+        n=$((n + 1))
     done
+    [ "$n" -eq "$1" ]
 }
 check "3. the edge sends requests to all 4 api tasks (found through the service name)" \
-    wait_for 60 "requests to every task" all_tasks_reached
+    wait_for 60 "requests to every task" all_tasks_reached 4
 t=$(date +%s)
 before=$(for t in $(running_tasks api); do echo "$t $(container_of "$t")"; done)
 timeout 60 "$DOCKER" service scale --detach "$(svc api)=2" >/dev/null 2>&1
