@@ -4,8 +4,9 @@
 # The caller sets LOG_TAG (the word before each log line: "smoke", "swarm") before sourcing, and TMP (a private
 # temporary directory, removed by finish_run) after run_bounded. It gets ROOT (the repository root, also the
 # working directory from here on), T0 (the run's start), result lines and counters, the engine (started if none
-# answers), the base image stand-ins, the host release build fed to the API image, and small HTTP helpers.
-# Cleanup stays with the caller, which calls finish_run last.
+# answers), the base image stand-ins, the host release build fed to the API image, polling with a deadline,
+# container helpers and small HTTP helpers. Cleanup stays with the caller (registered with on_exit), which calls
+# finish_run last.
 
 # shellcheck shell=bash
 export DEBIAN_FRONTEND=noninteractive
@@ -46,6 +47,26 @@ check() {
 abort() {
     fail "$*"
     exit 1
+}
+
+# on_exit CLEANUP: runs CLEANUP when the run ends, however it ends; INT and TERM (also the watchdog's) end it.
+on_exit() {
+    trap "$1" EXIT
+    trap 'exec 1>&3 2>&4; log "interrupted"; exit 130' INT TERM
+}
+
+# wait_for SECONDS WHAT COMMAND...: runs COMMAND until it succeeds, every WAIT_EVERY seconds (default 1); fails,
+# saying what it gave up on, once SECONDS have passed.
+wait_for() {
+    local deadline=$(($(date +%s) + $1)) what=$2
+    shift 2
+    until "$@"; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            log "gave up waiting ($what)"
+            return 1
+        fi
+        sleep "${WAIT_EVERY:-1}"
+    done
 }
 
 # run_bounded VAR SECONDS "$@": re-executes the calling script under timeout(1), once (VAR marks the second run),
@@ -237,6 +258,16 @@ build_api_image() {
         --build-arg SUPERVISOR_BINARY=prebuilt "$@" -t "$tag" . >"$TMP/build-api.log" 2>&1 ||
         { tail -30 "$TMP/build-api.log"; abort "docker build --target prod (prebuilt binary) as $tag"; }
     log "built $tag from docker/Dockerfile's prod stage in $(($(date +%s) - t)) s"
+}
+
+# ------------------------------------------------------------------------------------------------- containers
+# healthy CONTAINER: its healthcheck reports healthy.
+healthy() { [ "$("$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null)" = healthy ]; }
+# logs_have CONTAINER PATTERN [SINCE]: grep a container's log. (Via a file: with pipefail, grep -q closing the
+# pipe early would make the pipeline fail.)
+logs_have() {
+    "$DOCKER" logs ${3:+--since "$3"} "$1" >"$TMP/logs.txt" 2>&1
+    grep -q -- "$2" "$TMP/logs.txt"
 }
 
 # ----------------------------------------------------------------------------------------------------- HTTP

@@ -79,8 +79,7 @@ cleanup() {
     [ -n "${DOCKER:-}" ] && timeout 60 "$DOCKER" image rm -f "$API_IMAGE" >/dev/null 2>&1
     finish_run "$rc"
 }
-trap cleanup EXIT
-trap 'exec 1>&3 2>&4; log "interrupted"; exit 130' INT TERM
+on_exit cleanup
 
 # ------------------------------------------------------------------------------------------------ 1. engine
 ensure_engine compose || abort "a Docker engine is running"
@@ -108,32 +107,20 @@ export COMPOSE_PROJECT_NAME=$PROJECT API_IMAGE BACKUP_DIR=$TMP/backups \
 CT=120 compose --profile ops down -v --remove-orphans --timeout 5 >/dev/null 2>&1
 
 container() { compose ps -q "$1" 2>/dev/null | head -1; }
-# logs_have CONTAINER PATTERN [SINCE]: grep a container's log. (Via a file: with pipefail, grep -q closing the
-# pipe early would make the pipeline fail.)
-logs_have() {
-    "$DOCKER" logs ${3:+--since "$3"} "$1" >"$TMP/logs.txt" 2>&1
-    grep -q -- "$2" "$TMP/logs.txt"
-}
-health() { "$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$1" 2>/dev/null; }
 
 log "compose up (edge on $EDGE)"
 t=$(date +%s)
 STACK_UP=1
 CT=180 compose up -d --no-build >"$TMP/up.log" 2>&1 || cat "$TMP/up.log"
-deadline=$((t + 120))
-ok=
-while [ "$(date +%s)" -lt "$deadline" ]; do
+stack_ready() {
     DB=$(container db) API=$(container api) MIGRATE=$(container migrate) EDGE_C=$(container edge)
-    if [ -n "$DB" ] && [ -n "$API" ] && [ -n "$MIGRATE" ] && [ -n "$EDGE_C" ] &&
-        [ "$(health "$DB")" = healthy ] && [ "$(health "$API")" = healthy ] && [ "$(health "$EDGE_C")" = healthy ] &&
+    [ -n "$DB" ] && [ -n "$API" ] && [ -n "$MIGRATE" ] && [ -n "$EDGE_C" ] &&
+        healthy "$DB" && healthy "$API" && healthy "$EDGE_C" &&
         [ "$("$DOCKER" inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$MIGRATE")" = "exited 0" ] &&
-        [ "$(http_code "$EDGE/healthz")" = 200 ]; then
-        ok=1
-        break
-    fi
-    sleep 1
-done
-if [ -n "$ok" ]; then
+        [ "$(http_code "$EDGE/healthz")" = 200 ]
+}
+# 120 s from `compose up`.
+if wait_for $((t + 120 - $(date +%s))) "the stack to start" stack_ready; then
     pass "1. up: db healthy, migrate exited 0, api healthy, edge healthy and serving, in $(($(date +%s) - t)) s (limit 120 s)"
 else
     cat "$TMP/up.log"
@@ -248,10 +235,7 @@ sleep 3
 hup_since=$(date +%s)
 CT=20 compose kill -s HUP api >/dev/null 2>&1
 reloaded=
-for _ in $(seq 60); do
-    if logs_have "$API" '"reload complete' "$hup_since"; then reloaded=1; break; fi
-    sleep 0.5
-done
+WAIT_EVERY=0.5 wait_for 30 "the reload to complete" logs_have "$API" '"reload complete' "$hup_since" && reloaded=1
 sleep 4
 touch "$STOP"
 wait $LOAD_PIDS 2>/dev/null
@@ -261,12 +245,9 @@ check "4. SIGHUP to the api under load: reload completed" test -n "$reloaded"
 check "4. SIGHUP to the api under load: 0 failed requests through the edge ($bad of $total not 200)" \
     test "$total" -gt 100 -a "$bad" -eq 0
 # The old generation drains and exits; the master (PID 1) must reap it.
-settled=
-for _ in $(seq 40); do
-    if [ "$(workers)" -eq 2 ] && [ "$(zombies)" -eq 0 ]; then settled=1; break; fi
-    sleep 0.5
-done
-check "4. after the reload: 2 workers, no zombie process in the container (PID 1 reaps)" test -n "$settled"
+settled() { [ "$(workers)" -eq 2 ] && [ "$(zombies)" -eq 0 ]; }
+WAIT_EVERY=0.5 check "4. after the reload: 2 workers, no zombie process in the container (PID 1 reaps)" \
+    wait_for 30 "2 workers and no zombie" settled
 
 # ------------------------------------------------------------------------------------ 5. backup and restore
 for i in 1 2 3 4 5; do
@@ -310,14 +291,14 @@ check "9. ... and the database is untouched" test "$(rows app)" = "$orig"
 export WITH_DEBUG_API=1
 CT=120 compose up -d --no-build --no-deps api >"$TMP/up-debug.log" 2>&1 || cat "$TMP/up-debug.log"
 API=$(container api)
-for _ in $(seq 60); do [ "$(health "$API")" = healthy ] && break; sleep 1; done
+wait_for 60 "the debug api to be healthy" healthy "$API" || true
 # stop_grace_period of the api service in compose/prod.yml, in seconds (written as "40s").
 grace=$(awk '/^  [a-z-]+:$/ { api = ($1 == "api:") } api && $1 == "stop_grace_period:" { sub(/s$/, "", $2); print $2; exit }' \
     compose/prod.yml)
 curl -s --max-time 60 -o "$TMP/slow.json" -w '%{http_code}' "http://127.0.0.1:$SMOKE_API_PORT/debug/sleep?ms=6000" \
     >"$TMP/slow.code" 2>/dev/null &
 SLOW_PID=$!
-for _ in $(seq 20); do logs_have "$API" '"debug sleep"' && break; sleep 0.25; done
+WAIT_EVERY=0.25 wait_for 10 "the slow request to reach the api" logs_have "$API" '"debug sleep"' || true
 t=$(date +%s.%N)
 CT=90 compose stop api >/dev/null 2>&1
 stop_s=$(python3 -c "import sys; print(round($(date +%s.%N) - $t, 1))")
@@ -345,7 +326,7 @@ CT=120 compose run --rm migrate >"$TMP/migrate-again.log" 2>&1
 rc=$?
 CT=120 compose up -d --no-build --no-deps api >"$TMP/up-again.log" 2>&1 || cat "$TMP/up-again.log"
 API=$(container api)
-for _ in $(seq 60); do [ "$(health "$API")" = healthy ] && break; sleep 1; done
+wait_for 60 "the api to be healthy again" healthy "$API" || true
 serves_again() {
     readyz_inside && CT=20 compose exec -T api supervisor healthcheck "http://127.0.0.1:8000/api/items/$ITEM_ID"
 }

@@ -86,21 +86,7 @@ cleanup() {
     [ -n "${DOCKER:-}" ] && timeout 60 "$DOCKER" image rm -f "$IMAGE_A" "$IMAGE_B" "$IMAGE_BROKEN" >/dev/null 2>&1
     finish_run "$rc"
 }
-trap cleanup EXIT
-trap 'exec 1>&3 2>&4; log "interrupted"; exit 130' INT TERM
-
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND every second until it succeeds; fails after SECONDS.
-wait_for() {
-    local deadline=$(($(date +%s) + $1)) what=$2
-    shift 2
-    until "$@"; do
-        if [ "$(date +%s)" -ge "$deadline" ]; then
-            log "gave up waiting ($what)"
-            return 1
-        fi
-        sleep 1
-    done
-}
+on_exit cleanup
 
 # ------------------------------------------------------------------------------------------- task inspection
 # Tasks of a service that Swarm wants running and that run (with a healthcheck, "Running" means healthy).
@@ -109,14 +95,8 @@ running_tasks() {
         awk '$2 == "Running" { print $1 }'
 }
 task_field() { "$DOCKER" inspect -f "$2" "$1" 2>/dev/null; } # TASK GO-TEMPLATE
-# logs_have CONTAINER PATTERN (via a file: with pipefail, grep -q closing the pipe early would fail the pipeline).
-logs_have() {
-    "$DOCKER" logs "$1" >"$TMP/logs.txt" 2>&1
-    grep -q -- "$2" "$TMP/logs.txt"
-}
 container_of() { task_field "$1" '{{.Status.ContainerStatus.ContainerID}}'; }
 image_of() { task_field "$1" '{{.Spec.ContainerSpec.Image}}'; }
-health_of() { "$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null; }
 update_state() { "$DOCKER" service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$(svc "$1")" 2>/dev/null; }
 # The address of a task on the stack's "front" network (where the edge reaches it).
 front_address() {
@@ -129,7 +109,7 @@ api_settled() {
     local tasks t n=0
     tasks=$(running_tasks api)
     for t in $tasks; do
-        [ "$(image_of "$t")" = "$2" ] && [ "$(health_of "$(container_of "$t")")" = healthy ] || return 1
+        [ "$(image_of "$t")" = "$2" ] && healthy "$(container_of "$t")" || return 1
         n=$((n + 1))
     done
     [ "$n" -eq "$1" ] && case $(update_state api) in updating | rollback_started) return 1 ;; esac
@@ -144,7 +124,7 @@ job_completed_with() { # IMAGE: a migrate task with IMAGE that completed
 edge_serving() {
     local t
     t=$(running_tasks edge | head -1)
-    [ -n "$t" ] && [ "$(health_of "$(container_of "$t")")" = healthy ] && [ "$(http_code "$EDGE/healthz")" = 200 ]
+    [ -n "$t" ] && healthy "$(container_of "$t")" && [ "$(http_code "$EDGE/healthz")" = 200 ]
 }
 
 # ---------------------------------------------------------------------------------------------------- load
