@@ -5,8 +5,8 @@
 # temporary directory, removed by finish_run) after run_bounded. It gets ROOT (the repository root, also the
 # working directory from here on), T0 (the run's start), result lines and counters, the engine (started if none
 # answers), the base image stand-ins, the host release build fed to the API image, polling with a deadline,
-# container helpers and small HTTP helpers. Cleanup stays with the caller (registered with on_exit), which calls
-# finish_run last.
+# container helpers and small HTTP helpers (post_item needs EDGE, the edge's base URL). Cleanup stays with the
+# caller (registered with on_exit), which calls finish_run last.
 
 # shellcheck shell=bash
 export DEBIAN_FRONTEND=noninteractive
@@ -275,6 +275,15 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
 # json FILE EXPR: evaluate a Python expression over the parsed JSON document `j`.
 json() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$@" 2>/dev/null; }
+# post_item NAME QUANTITY: creates an item through the edge and prints its id; fails unless the answer is 201
+# with an id.
+post_item() {
+    local code
+    code=$(curl -s --max-time 5 -o "$TMP/created.json" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        -d "{\"name\":\"$1\",\"quantity\":$2}" "$EDGE/api/items") && [ "$code" = 201 ] &&
+        python3 -c 'import json,sys; i=json.load(open(sys.argv[1]))["id"]; print(i); sys.exit(0 if i else 1)' \
+            "$TMP/created.json" 2>/dev/null
+}
 # The two database roles' password files in DIR (db_owner_password, db_app_password), each random with
 # characters that need quoting in a libpq connection string; exported as DB_OWNER_PASSWORD_FILE and
 # DB_APP_PASSWORD_FILE for the stack files.

@@ -138,10 +138,8 @@ check "2. GET /_edge/healthz: 200 from nginx itself (the edge's healthcheck)" \
 readyz_inside() { CT=20 compose exec -T api supervisor healthcheck http://127.0.0.1:8000/readyz; }
 check "2. /readyz answers 200 inside the network (supervisor healthcheck in the api container)" readyz_inside
 
-code=$(curl -s --max-time 5 -o "$TMP/created.json" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
-    -d '{"name":"smoke item","quantity":3}' "$EDGE/api/items")
-ITEM_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$TMP/created.json" 2>/dev/null)
-check "2. POST /api/items through the edge: 201 with an id" test "$code" = 201 -a -n "$ITEM_ID"
+ITEM_ID=$(post_item "smoke item" 3)
+check "2. POST /api/items through the edge: 201 with an id" test -n "$ITEM_ID"
 get_item() {
     [ "$(curl -s --max-time 5 -o "$TMP/got.json" -w '%{http_code}' "$EDGE/api/items/$ITEM_ID")" = 200 ] &&
         json "$TMP/got.json" "j['id'] == '$ITEM_ID' and j['name'] == 'smoke item' and j['quantity'] == 3"
@@ -210,8 +208,7 @@ check "8. the superuser cannot log in over the network" superuser_refused
 check "8. migrate, as the owner, applied the migrations" logs_have "$(container migrate)" 'applied V1__items'
 delete_item() {
     local id
-    id=$(curl -s --max-time 5 -X POST -H 'Content-Type: application/json' -d '{"name":"to delete","quantity":1}' \
-        "$EDGE/api/items" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') &&
+    id=$(post_item "to delete" 1) &&
         [ "$(http_code -X DELETE "$EDGE/api/items/$id")" = 204 ] && [ "$(http_code "$EDGE/api/items/$id")" = 404 ] &&
         [ "$(http_code "$EDGE/api/items?limit=5")" = 200 ]
 }

@@ -244,10 +244,8 @@ check "1. every api task became healthy only after the migration job completed" 
 check "1. GET /healthz through the edge: 200 {\"status\":\"ok\"}" \
     test "$(curl -s --max-time 5 -w ' %{http_code}' "$EDGE/healthz")" = '{"status":"ok"} 200'
 check "1. GET /_edge/healthz: 200 from nginx itself" test "$(http_code "$EDGE/_edge/healthz")" = 200
-code=$(curl -s --max-time 5 -o "$TMP/created.json" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
-    -d '{"name":"swarm item","quantity":2}' "$EDGE/api/items")
-ITEM_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$TMP/created.json" 2>/dev/null)
-check "1. POST /api/items through the edge: 201 with an id" test "$code" = 201 -a -n "$ITEM_ID"
+ITEM_ID=$(post_item "swarm item" 2)
+check "1. POST /api/items through the edge: 201 with an id" test -n "$ITEM_ID"
 check "1. GET /api/items/{id} through the edge: 200" test "$(http_code "$EDGE/api/items/$ITEM_ID")" = 200
 check "1. /readyz is not reachable through the edge (403)" test "$(http_code "$EDGE/readyz")" = 403
 check "1. /metrics is not reachable through the edge (403)" test "$(http_code "$EDGE/metrics")" = 403
