@@ -5,8 +5,8 @@
 # temporary directory, removed by finish_run) after run_bounded. It gets ROOT (the repository root, also the
 # working directory from here on), T0 (the run's start), result lines and counters, the engine (started if none
 # answers), the base image stand-ins, the host release build fed to the API image, polling with a deadline,
-# container helpers and small HTTP helpers (post_item needs EDGE, the edge's base URL). Cleanup stays with the
-# caller (registered with on_exit), which calls finish_run last.
+# container helpers, small HTTP helpers and client load through the edge (those two need EDGE, the edge's base URL).
+# Cleanup stays with the caller (registered with on_exit), which calls stop_load first and finish_run last.
 
 # shellcheck shell=bash
 export DEBIAN_FRONTEND=noninteractive
@@ -28,6 +28,7 @@ PASSED=0
 FAILED=0
 STARTED_DOCKERD_PID=
 CARGO_PID=
+LOAD_PIDS=
 
 # The run's own stdout and stderr, for the traps: a signal can arrive while a function runs with its output
 # redirected to a file, and bash runs the trap with that redirection still in place.
@@ -320,3 +321,30 @@ load_summary() {
     bad=$(cat "$@" 2>/dev/null | grep -vc '^200$')
     echo "$bad $total"
 }
+# start_load NAME [LOOPS [PAUSE]]: load through the edge until stop_load: LOOPS keep-alive loops on /healthz
+# (default 3; PAUSE s between batches, default 0.1) and one on the item ITEM_ID under the /api/ rate limit. The
+# answers go to $TMP/load-NAME-*.txt (LOAD_FILES).
+start_load() {
+    local i
+    LOAD_STOP=$TMP/load-$1.stop
+    LOAD_FILES="$TMP/load-$1-*.txt"
+    for i in $(seq 1 "${2:-3}"); do
+        load_loop "$TMP/load-$1-$i.txt" "$LOAD_STOP" "$EDGE/healthz" "${3:-0.1}" &
+        LOAD_PIDS="$LOAD_PIDS $!"
+    done
+    load_single "$TMP/load-$1-api.txt" "$LOAD_STOP" "$EDGE/api/items/$ITEM_ID" 0.25 &
+    LOAD_PIDS="$LOAD_PIDS $!"
+}
+# stop_load: stops the load (the stop file lets each loop finish the requests it has in flight, so nothing is
+# left running) and sets LOAD_BAD and LOAD_TOTAL from its answers. Does nothing when no load runs.
+stop_load() {
+    [ -n "$LOAD_PIDS" ] || return 0
+    touch "$LOAD_STOP"
+    # shellcheck disable=SC2086
+    wait $LOAD_PIDS 2>/dev/null
+    LOAD_PIDS=
+    # shellcheck disable=SC2086
+    read -r LOAD_BAD LOAD_TOTAL < <(load_summary $LOAD_FILES)
+}
+# load_ok MIN: the last load sent at least MIN requests and every answer was 200.
+load_ok() { [ "$LOAD_TOTAL" -ge "$1" ] && [ "$LOAD_BAD" -eq 0 ]; }

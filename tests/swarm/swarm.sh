@@ -38,7 +38,6 @@ IMAGE_B=prefork-api:swarm-b
 IMAGE_BROKEN=prefork-api:swarm-broken
 SWARM_STARTED=
 CREATED_GWBRIDGE=
-LOAD_PIDS=
 
 svc() { echo "${STACK}_$1"; }
 
@@ -126,30 +125,6 @@ edge_serving() {
     t=$(running_tasks edge | head -1)
     [ -n "$t" ] && healthy "$(container_of "$t")" && [ "$(http_code "$EDGE/healthz")" = 200 ]
 }
-
-# ---------------------------------------------------------------------------------------------------- load
-# Through the edge: three keep-alive loops on /healthz and one on an item under the /api/ rate limit.
-start_load() {
-    STOP=$TMP/load-$1.stop
-    LOAD_FILES="$TMP/load-$1-*.txt"
-    local i
-    for i in 1 2 3; do
-        load_loop "$TMP/load-$1-$i.txt" "$STOP" "$EDGE/healthz" 0.1 &
-        LOAD_PIDS="$LOAD_PIDS $!"
-    done
-    load_single "$TMP/load-$1-api.txt" "$STOP" "$EDGE/api/items/$ITEM_ID" 0.25 &
-    LOAD_PIDS="$LOAD_PIDS $!"
-}
-stop_load() {
-    [ -n "$LOAD_PIDS" ] || return 0
-    touch "$STOP"
-    wait $LOAD_PIDS 2>/dev/null
-    LOAD_PIDS=
-    # shellcheck disable=SC2086
-    read -r LOAD_BAD LOAD_TOTAL < <(load_summary $LOAD_FILES)
-}
-# load_ok MIN: the last load sent at least MIN requests and every answer was 200.
-load_ok() { [ "$LOAD_TOTAL" -ge "$1" ] && [ "$LOAD_BAD" -eq 0 ]; }
 
 # ----------------------------------------------------------------------------------------------- 1. images
 ensure_engine || abort "a Docker engine is running"
@@ -275,6 +250,7 @@ loopback_only() {
 check "1. the edge's port listens on loopback only ($listeners; not on ${other_ip:-no other address})" loopback_only
 
 # ----------------------------------------------------------------------------------------- 3. scale 2-4-2
+# Load through the edge (lib.sh's start_load): three keep-alive loops on /healthz and one on the item.
 start_load scale
 t_scale=$(date +%s)
 timeout 60 "$DOCKER" service scale --detach "$(svc api)=4" >/dev/null 2>&1
