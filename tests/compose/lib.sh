@@ -4,8 +4,9 @@
 # The caller sets LOG_TAG (the word before each log line: "smoke", "swarm") before sourcing, and TMP (a private
 # temporary directory, removed by finish_run) after run_bounded. It gets ROOT (the repository root, also the
 # working directory from here on), T0 (the run's start), result lines and counters, the engine (started if none
-# answers), the base image stand-ins, the host release build fed to the API image, and small HTTP helpers.
-# Cleanup stays with the caller, which calls finish_run last.
+# answers), the base image stand-ins, the host release build fed to the API image, polling with a deadline,
+# container helpers, small HTTP helpers and client load through the edge (those two need EDGE, the edge's base URL).
+# Cleanup stays with the caller (registered with on_exit), which calls stop_load first and finish_run last.
 
 # shellcheck shell=bash
 export DEBIAN_FRONTEND=noninteractive
@@ -27,6 +28,7 @@ PASSED=0
 FAILED=0
 STARTED_DOCKERD_PID=
 CARGO_PID=
+LOAD_PIDS=
 
 # The run's own stdout and stderr, for the traps: a signal can arrive while a function runs with its output
 # redirected to a file, and bash runs the trap with that redirection still in place.
@@ -46,6 +48,26 @@ check() {
 abort() {
     fail "$*"
     exit 1
+}
+
+# on_exit CLEANUP: runs CLEANUP when the run ends, however it ends; INT and TERM (also the watchdog's) end it.
+on_exit() {
+    trap "$1" EXIT
+    trap 'exec 1>&3 2>&4; log "interrupted"; exit 130' INT TERM
+}
+
+# wait_for SECONDS WHAT COMMAND...: runs COMMAND until it succeeds, every WAIT_EVERY seconds (default 1); fails,
+# saying what it gave up on, once SECONDS have passed.
+wait_for() {
+    local deadline=$(($(date +%s) + $1)) what=$2
+    shift 2
+    until "$@"; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            log "gave up waiting ($what)"
+            return 1
+        fi
+        sleep "${WAIT_EVERY:-1}"
+    done
 }
 
 # run_bounded VAR SECONDS "$@": re-executes the calling script under timeout(1), once (VAR marks the second run),
@@ -239,11 +261,30 @@ build_api_image() {
     log "built $tag from docker/Dockerfile's prod stage in $(($(date +%s) - t)) s"
 }
 
+# ------------------------------------------------------------------------------------------------- containers
+# healthy CONTAINER: its healthcheck reports healthy.
+healthy() { [ "$("$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null)" = healthy ]; }
+# logs_have CONTAINER PATTERN [SINCE]: grep a container's log. (Via a file: with pipefail, grep -q closing the
+# pipe early would make the pipeline fail.)
+logs_have() {
+    "$DOCKER" logs ${3:+--since "$3"} "$1" >"$TMP/logs.txt" 2>&1
+    grep -q -- "$2" "$TMP/logs.txt"
+}
+
 # ----------------------------------------------------------------------------------------------------- HTTP
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
 # json FILE EXPR: evaluate a Python expression over the parsed JSON document `j`.
 json() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$@" 2>/dev/null; }
+# post_item NAME QUANTITY: creates an item through the edge and prints its id; fails unless the answer is 201
+# with an id.
+post_item() {
+    local code
+    code=$(curl -s --max-time 5 -o "$TMP/created.json" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        -d "{\"name\":\"$1\",\"quantity\":$2}" "$EDGE/api/items") && [ "$code" = 201 ] &&
+        python3 -c 'import json,sys; i=json.load(open(sys.argv[1]))["id"]; print(i); sys.exit(0 if i else 1)' \
+            "$TMP/created.json" 2>/dev/null
+}
 # The two database roles' password files in DIR (db_owner_password, db_app_password), each random with
 # characters that need quoting in a libpq connection string; exported as DB_OWNER_PASSWORD_FILE and
 # DB_APP_PASSWORD_FILE for the stack files.
@@ -280,3 +321,30 @@ load_summary() {
     bad=$(cat "$@" 2>/dev/null | grep -vc '^200$')
     echo "$bad $total"
 }
+# start_load NAME [LOOPS [PAUSE]]: load through the edge until stop_load: LOOPS keep-alive loops on /healthz
+# (default 3; PAUSE s between batches, default 0.1) and one on the item ITEM_ID under the /api/ rate limit. The
+# answers go to $TMP/load-NAME-*.txt (LOAD_FILES).
+start_load() {
+    local i
+    LOAD_STOP=$TMP/load-$1.stop
+    LOAD_FILES="$TMP/load-$1-*.txt"
+    for i in $(seq 1 "${2:-3}"); do
+        load_loop "$TMP/load-$1-$i.txt" "$LOAD_STOP" "$EDGE/healthz" "${3:-0.1}" &
+        LOAD_PIDS="$LOAD_PIDS $!"
+    done
+    load_single "$TMP/load-$1-api.txt" "$LOAD_STOP" "$EDGE/api/items/$ITEM_ID" 0.25 &
+    LOAD_PIDS="$LOAD_PIDS $!"
+}
+# stop_load: stops the load (the stop file lets each loop finish the requests it has in flight, so nothing is
+# left running) and sets LOAD_BAD and LOAD_TOTAL from its answers. Does nothing when no load runs.
+stop_load() {
+    [ -n "$LOAD_PIDS" ] || return 0
+    touch "$LOAD_STOP"
+    # shellcheck disable=SC2086
+    wait $LOAD_PIDS 2>/dev/null
+    LOAD_PIDS=
+    # shellcheck disable=SC2086
+    read -r LOAD_BAD LOAD_TOTAL < <(load_summary $LOAD_FILES)
+}
+# load_ok MIN: the last load sent at least MIN requests and every answer was 200.
+load_ok() { [ "$LOAD_TOTAL" -ge "$1" ] && [ "$LOAD_BAD" -eq 0 ]; }

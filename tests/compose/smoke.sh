@@ -60,7 +60,7 @@ cleanup() {
     trap - EXIT INT TERM
     exec 1>&3 2>&4
     log "cleanup"
-    [ -n "${LOAD_PIDS:-}" ] && kill $LOAD_PIDS 2>/dev/null
+    stop_load
     [ -n "${SLOW_PID:-}" ] && kill "$SLOW_PID" 2>/dev/null
     if [ -n "$STACK_UP" ]; then
         unset WITH_DEBUG_API
@@ -79,8 +79,7 @@ cleanup() {
     [ -n "${DOCKER:-}" ] && timeout 60 "$DOCKER" image rm -f "$API_IMAGE" >/dev/null 2>&1
     finish_run "$rc"
 }
-trap cleanup EXIT
-trap 'exec 1>&3 2>&4; log "interrupted"; exit 130' INT TERM
+on_exit cleanup
 
 # ------------------------------------------------------------------------------------------------ 1. engine
 ensure_engine compose || abort "a Docker engine is running"
@@ -108,32 +107,20 @@ export COMPOSE_PROJECT_NAME=$PROJECT API_IMAGE BACKUP_DIR=$TMP/backups \
 CT=120 compose --profile ops down -v --remove-orphans --timeout 5 >/dev/null 2>&1
 
 container() { compose ps -q "$1" 2>/dev/null | head -1; }
-# logs_have CONTAINER PATTERN [SINCE]: grep a container's log. (Via a file: with pipefail, grep -q closing the
-# pipe early would make the pipeline fail.)
-logs_have() {
-    "$DOCKER" logs ${3:+--since "$3"} "$1" >"$TMP/logs.txt" 2>&1
-    grep -q -- "$2" "$TMP/logs.txt"
-}
-health() { "$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$1" 2>/dev/null; }
 
 log "compose up (edge on $EDGE)"
 t=$(date +%s)
 STACK_UP=1
 CT=180 compose up -d --no-build >"$TMP/up.log" 2>&1 || cat "$TMP/up.log"
-deadline=$((t + 120))
-ok=
-while [ "$(date +%s)" -lt "$deadline" ]; do
+stack_ready() {
     DB=$(container db) API=$(container api) MIGRATE=$(container migrate) EDGE_C=$(container edge)
-    if [ -n "$DB" ] && [ -n "$API" ] && [ -n "$MIGRATE" ] && [ -n "$EDGE_C" ] &&
-        [ "$(health "$DB")" = healthy ] && [ "$(health "$API")" = healthy ] && [ "$(health "$EDGE_C")" = healthy ] &&
+    [ -n "$DB" ] && [ -n "$API" ] && [ -n "$MIGRATE" ] && [ -n "$EDGE_C" ] &&
+        healthy "$DB" && healthy "$API" && healthy "$EDGE_C" &&
         [ "$("$DOCKER" inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$MIGRATE")" = "exited 0" ] &&
-        [ "$(http_code "$EDGE/healthz")" = 200 ]; then
-        ok=1
-        break
-    fi
-    sleep 1
-done
-if [ -n "$ok" ]; then
+        [ "$(http_code "$EDGE/healthz")" = 200 ]
+}
+# 120 s from `compose up`.
+if wait_for $((t + 120 - $(date +%s))) "the stack to start" stack_ready; then
     pass "1. up: db healthy, migrate exited 0, api healthy, edge healthy and serving, in $(($(date +%s) - t)) s (limit 120 s)"
 else
     cat "$TMP/up.log"
@@ -151,10 +138,8 @@ check "2. GET /_edge/healthz: 200 from nginx itself (the edge's healthcheck)" \
 readyz_inside() { CT=20 compose exec -T api supervisor healthcheck http://127.0.0.1:8000/readyz; }
 check "2. /readyz answers 200 inside the network (supervisor healthcheck in the api container)" readyz_inside
 
-code=$(curl -s --max-time 5 -o "$TMP/created.json" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
-    -d '{"name":"smoke item","quantity":3}' "$EDGE/api/items")
-ITEM_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$TMP/created.json" 2>/dev/null)
-check "2. POST /api/items through the edge: 201 with an id" test "$code" = 201 -a -n "$ITEM_ID"
+ITEM_ID=$(post_item "smoke item" 3)
+check "2. POST /api/items through the edge: 201 with an id" test -n "$ITEM_ID"
 get_item() {
     [ "$(curl -s --max-time 5 -o "$TMP/got.json" -w '%{http_code}' "$EDGE/api/items/$ITEM_ID")" = 200 ] &&
         json "$TMP/got.json" "j['id'] == '$ITEM_ID' and j['name'] == 'smoke item' and j['quantity'] == 3"
@@ -223,8 +208,7 @@ check "8. the superuser cannot log in over the network" superuser_refused
 check "8. migrate, as the owner, applied the migrations" logs_have "$(container migrate)" 'applied V1__items'
 delete_item() {
     local id
-    id=$(curl -s --max-time 5 -X POST -H 'Content-Type: application/json' -d '{"name":"to delete","quantity":1}' \
-        "$EDGE/api/items" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') &&
+    id=$(post_item "to delete" 1) &&
         [ "$(http_code -X DELETE "$EDGE/api/items/$id")" = 204 ] && [ "$(http_code "$EDGE/api/items/$id")" = 404 ] &&
         [ "$(http_code "$EDGE/api/items?limit=5")" = 200 ]
 }
@@ -236,37 +220,21 @@ check "8. items CRUD as the app role: create, delete, list through the edge" del
 zombies() { "$DOCKER" exec "$API" sh -c 'cat /proc/[0-9]*/stat 2>/dev/null' | sed 's/.*) //' | awk '$1 == "Z"' | wc -l; }
 workers() { "$DOCKER" exec "$API" sh -c 'cat /proc/[0-9]*/stat 2>/dev/null' | sed 's/.*) //' | awk '$2 == 1' | wc -l; }
 sleep 2 # let the burst's bucket refill
-STOP=$TMP/load.stop
-LOAD_PIDS=
-for i in 1 2 3 4; do
-    load_loop "$TMP/load-$i.txt" "$STOP" "$EDGE/healthz" 0 &
-    LOAD_PIDS="$LOAD_PIDS $!"
-done
-load_single "$TMP/load-api.txt" "$STOP" "$EDGE/api/items/$ITEM_ID" 0.25 &
-LOAD_PIDS="$LOAD_PIDS $!"
+start_load hup 4 0
 sleep 3
 hup_since=$(date +%s)
 CT=20 compose kill -s HUP api >/dev/null 2>&1
 reloaded=
-for _ in $(seq 60); do
-    if logs_have "$API" '"reload complete' "$hup_since"; then reloaded=1; break; fi
-    sleep 0.5
-done
+WAIT_EVERY=0.5 wait_for 30 "the reload to complete" logs_have "$API" '"reload complete' "$hup_since" && reloaded=1
 sleep 4
-touch "$STOP"
-wait $LOAD_PIDS 2>/dev/null
-LOAD_PIDS=
-read -r bad total < <(load_summary "$TMP"/load-*.txt)
+stop_load
 check "4. SIGHUP to the api under load: reload completed" test -n "$reloaded"
-check "4. SIGHUP to the api under load: 0 failed requests through the edge ($bad of $total not 200)" \
-    test "$total" -gt 100 -a "$bad" -eq 0
+check "4. SIGHUP to the api under load: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200)" \
+    load_ok 101
 # The old generation drains and exits; the master (PID 1) must reap it.
-settled=
-for _ in $(seq 40); do
-    if [ "$(workers)" -eq 2 ] && [ "$(zombies)" -eq 0 ]; then settled=1; break; fi
-    sleep 0.5
-done
-check "4. after the reload: 2 workers, no zombie process in the container (PID 1 reaps)" test -n "$settled"
+settled() { [ "$(workers)" -eq 2 ] && [ "$(zombies)" -eq 0 ]; }
+WAIT_EVERY=0.5 check "4. after the reload: 2 workers, no zombie process in the container (PID 1 reaps)" \
+    wait_for 30 "2 workers and no zombie" settled
 
 # ------------------------------------------------------------------------------------ 5. backup and restore
 for i in 1 2 3 4 5; do
@@ -310,14 +278,14 @@ check "9. ... and the database is untouched" test "$(rows app)" = "$orig"
 export WITH_DEBUG_API=1
 CT=120 compose up -d --no-build --no-deps api >"$TMP/up-debug.log" 2>&1 || cat "$TMP/up-debug.log"
 API=$(container api)
-for _ in $(seq 60); do [ "$(health "$API")" = healthy ] && break; sleep 1; done
+wait_for 60 "the debug api to be healthy" healthy "$API" || true
 # stop_grace_period of the api service in compose/prod.yml, in seconds (written as "40s").
 grace=$(awk '/^  [a-z-]+:$/ { api = ($1 == "api:") } api && $1 == "stop_grace_period:" { sub(/s$/, "", $2); print $2; exit }' \
     compose/prod.yml)
 curl -s --max-time 60 -o "$TMP/slow.json" -w '%{http_code}' "http://127.0.0.1:$SMOKE_API_PORT/debug/sleep?ms=6000" \
     >"$TMP/slow.code" 2>/dev/null &
 SLOW_PID=$!
-for _ in $(seq 20); do logs_have "$API" '"debug sleep"' && break; sleep 0.25; done
+WAIT_EVERY=0.25 wait_for 10 "the slow request to reach the api" logs_have "$API" '"debug sleep"' || true
 t=$(date +%s.%N)
 CT=90 compose stop api >/dev/null 2>&1
 stop_s=$(python3 -c "import sys; print(round($(date +%s.%N) - $t, 1))")
@@ -345,7 +313,7 @@ CT=120 compose run --rm migrate >"$TMP/migrate-again.log" 2>&1
 rc=$?
 CT=120 compose up -d --no-build --no-deps api >"$TMP/up-again.log" 2>&1 || cat "$TMP/up-again.log"
 API=$(container api)
-for _ in $(seq 60); do [ "$(health "$API")" = healthy ] && break; sleep 1; done
+wait_for 60 "the api to be healthy again" healthy "$API" || true
 serves_again() {
     readyz_inside && CT=20 compose exec -T api supervisor healthcheck "http://127.0.0.1:8000/api/items/$ITEM_ID"
 }

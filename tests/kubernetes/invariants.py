@@ -1,8 +1,9 @@
 """Invariants of the Kubernetes manifests, checked on the YAML that `kubectl kustomize` renders.
 
     invariants.py ROOT RENDERED.yaml              one PASS/FAIL line per invariant; exit 1 if any failed
-    invariants.py ROOT RENDERED.yaml --mutations  breaks the rendered objects in known ways (a grace period below
-                                                  graceful_timeout, a mutable image tag, ...); each must be caught
+    invariants.py ROOT RENDERED.yaml --mutations  breaks the rendered objects in known ways (a grace period not
+                                                  above preStop + graceful_timeout, a mutable image tag, ...); each
+                                                  must be caught
 
 ROOT is the repository root: graceful_timeout's default comes from conf/supervisor.toml and the pinned nginx and
 PostgreSQL images from compose/prod.yml, so Kubernetes cannot drift from what Compose runs. Needs PyYAML.
@@ -492,12 +493,16 @@ def _set_env(c, name, value):
     c["env"] = [e for e in c.get("env", []) if e["name"] != name] + [{"name": name, "value": value}]
 
 
+def _api_grace_at_the_limit(m):
+    # Exactly preStop + graceful_timeout, the longest grace period that is still too short: a check that forgot
+    # the preStop sleep, or compared with < instead of <=, lets it through.
+    api = _api(m)
+    limit = pre_stop_seconds(api) + int(env(api, "SUPERVISOR_GRACEFUL_TIMEOUT")["value"])
+    pod_spec(m.get("Deployment", "api")).update(terminationGracePeriodSeconds=limit)
+
+
 MUTATIONS = [
-    (
-        "api grace period below graceful_timeout",
-        api_grace,
-        lambda m: pod_spec(m.get("Deployment", "api")).update(terminationGracePeriodSeconds=20),
-    ),
+    ("api grace period not above preStop + graceful_timeout", api_grace, _api_grace_at_the_limit),
     (
         "graceful_timeout raised above the grace period",
         api_grace,

@@ -38,7 +38,6 @@ IMAGE_B=prefork-api:swarm-b
 IMAGE_BROKEN=prefork-api:swarm-broken
 SWARM_STARTED=
 CREATED_GWBRIDGE=
-LOAD_PIDS=
 
 svc() { echo "${STACK}_$1"; }
 
@@ -86,21 +85,7 @@ cleanup() {
     [ -n "${DOCKER:-}" ] && timeout 60 "$DOCKER" image rm -f "$IMAGE_A" "$IMAGE_B" "$IMAGE_BROKEN" >/dev/null 2>&1
     finish_run "$rc"
 }
-trap cleanup EXIT
-trap 'exec 1>&3 2>&4; log "interrupted"; exit 130' INT TERM
-
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND every second until it succeeds; fails after SECONDS.
-wait_for() {
-    local deadline=$(($(date +%s) + $1)) what=$2
-    shift 2
-    until "$@"; do
-        if [ "$(date +%s)" -ge "$deadline" ]; then
-            log "gave up waiting ($what)"
-            return 1
-        fi
-        sleep 1
-    done
-}
+on_exit cleanup
 
 # ------------------------------------------------------------------------------------------- task inspection
 # Tasks of a service that Swarm wants running and that run (with a healthcheck, "Running" means healthy).
@@ -109,14 +94,8 @@ running_tasks() {
         awk '$2 == "Running" { print $1 }'
 }
 task_field() { "$DOCKER" inspect -f "$2" "$1" 2>/dev/null; } # TASK GO-TEMPLATE
-# logs_have CONTAINER PATTERN (via a file: with pipefail, grep -q closing the pipe early would fail the pipeline).
-logs_have() {
-    "$DOCKER" logs "$1" >"$TMP/logs.txt" 2>&1
-    grep -q -- "$2" "$TMP/logs.txt"
-}
 container_of() { task_field "$1" '{{.Status.ContainerStatus.ContainerID}}'; }
 image_of() { task_field "$1" '{{.Spec.ContainerSpec.Image}}'; }
-health_of() { "$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null; }
 update_state() { "$DOCKER" service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$(svc "$1")" 2>/dev/null; }
 # The address of a task on the stack's "front" network (where the edge reaches it).
 front_address() {
@@ -129,7 +108,7 @@ api_settled() {
     local tasks t n=0
     tasks=$(running_tasks api)
     for t in $tasks; do
-        [ "$(image_of "$t")" = "$2" ] && [ "$(health_of "$(container_of "$t")")" = healthy ] || return 1
+        [ "$(image_of "$t")" = "$2" ] && healthy "$(container_of "$t")" || return 1
         n=$((n + 1))
     done
     [ "$n" -eq "$1" ] && case $(update_state api) in updating | rollback_started) return 1 ;; esac
@@ -144,32 +123,8 @@ job_completed_with() { # IMAGE: a migrate task with IMAGE that completed
 edge_serving() {
     local t
     t=$(running_tasks edge | head -1)
-    [ -n "$t" ] && [ "$(health_of "$(container_of "$t")")" = healthy ] && [ "$(http_code "$EDGE/healthz")" = 200 ]
+    [ -n "$t" ] && healthy "$(container_of "$t")" && [ "$(http_code "$EDGE/healthz")" = 200 ]
 }
-
-# ---------------------------------------------------------------------------------------------------- load
-# Through the edge: three keep-alive loops on /healthz and one on an item under the /api/ rate limit.
-start_load() {
-    STOP=$TMP/load-$1.stop
-    LOAD_FILES="$TMP/load-$1-*.txt"
-    local i
-    for i in 1 2 3; do
-        load_loop "$TMP/load-$1-$i.txt" "$STOP" "$EDGE/healthz" 0.1 &
-        LOAD_PIDS="$LOAD_PIDS $!"
-    done
-    load_single "$TMP/load-$1-api.txt" "$STOP" "$EDGE/api/items/$ITEM_ID" 0.25 &
-    LOAD_PIDS="$LOAD_PIDS $!"
-}
-stop_load() {
-    [ -n "$LOAD_PIDS" ] || return 0
-    touch "$STOP"
-    wait $LOAD_PIDS 2>/dev/null
-    LOAD_PIDS=
-    # shellcheck disable=SC2086
-    read -r LOAD_BAD LOAD_TOTAL < <(load_summary $LOAD_FILES)
-}
-# load_ok MIN: the last load sent at least MIN requests and every answer was 200.
-load_ok() { [ "$LOAD_TOTAL" -ge "$1" ] && [ "$LOAD_BAD" -eq 0 ]; }
 
 # ----------------------------------------------------------------------------------------------- 1. images
 ensure_engine || abort "a Docker engine is running"
@@ -264,10 +219,8 @@ check "1. every api task became healthy only after the migration job completed" 
 check "1. GET /healthz through the edge: 200 {\"status\":\"ok\"}" \
     test "$(curl -s --max-time 5 -w ' %{http_code}' "$EDGE/healthz")" = '{"status":"ok"} 200'
 check "1. GET /_edge/healthz: 200 from nginx itself" test "$(http_code "$EDGE/_edge/healthz")" = 200
-code=$(curl -s --max-time 5 -o "$TMP/created.json" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
-    -d '{"name":"swarm item","quantity":2}' "$EDGE/api/items")
-ITEM_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$TMP/created.json" 2>/dev/null)
-check "1. POST /api/items through the edge: 201 with an id" test "$code" = 201 -a -n "$ITEM_ID"
+ITEM_ID=$(post_item "swarm item" 2)
+check "1. POST /api/items through the edge: 201 with an id" test -n "$ITEM_ID"
 check "1. GET /api/items/{id} through the edge: 200" test "$(http_code "$EDGE/api/items/$ITEM_ID")" = 200
 check "1. /readyz is not reachable through the edge (403)" test "$(http_code "$EDGE/readyz")" = 403
 check "1. /metrics is not reachable through the edge (403)" test "$(http_code "$EDGE/metrics")" = 403
@@ -297,6 +250,7 @@ loopback_only() {
 check "1. the edge's port listens on loopback only ($listeners; not on ${other_ip:-no other address})" loopback_only
 
 # ----------------------------------------------------------------------------------------- 3. scale 2-4-2
+# Load through the edge (lib.sh's start_load): three keep-alive loops on /healthz and one on the item.
 start_load scale
 t_scale=$(date +%s)
 timeout 60 "$DOCKER" service scale --detach "$(svc api)=4" >/dev/null 2>&1
@@ -307,16 +261,19 @@ else
 fi
 # The edge finds the new tasks through the service name: the access log names every task's address as upstream.
 EDGE_C=$(container_of "$(running_tasks edge | head -1)")
+# all_tasks_reached N: N api tasks run, and the edge has sent requests to each of them.
 all_tasks_reached() {
-    local t addr
+    local t addr n=0
     "$DOCKER" logs --since "$t_scale" "$EDGE_C" >"$TMP/edge-scale.log" 2>/dev/null
     for t in $(running_tasks api); do
         addr=$(front_address "$t")
         [ -n "$addr" ] && grep -q "\"upstream\":\"$addr:8000\"" "$TMP/edge-scale.log" || return 1
+        n=$((n + 1))
     done
+    [ "$n" -eq "$1" ]
 }
 check "3. the edge sends requests to all 4 api tasks (found through the service name)" \
-    wait_for 60 "requests to every task" all_tasks_reached
+    wait_for 60 "requests to every task" all_tasks_reached 4
 t=$(date +%s)
 before=$(for t in $(running_tasks api); do echo "$t $(container_of "$t")"; done)
 timeout 60 "$DOCKER" service scale --detach "$(svc api)=2" >/dev/null 2>&1
