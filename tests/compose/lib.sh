@@ -336,7 +336,7 @@ start_load() {
     LOAD_PIDS="$LOAD_PIDS $!"
 }
 # stop_load: stops the load (the stop file lets each loop finish the requests it has in flight, so nothing is
-# left running) and sets LOAD_BAD and LOAD_TOTAL from its answers. Does nothing when no load runs.
+# left running) and sets LOAD_BAD, LOAD_TOTAL and LOAD_CODES from its answers. Does nothing when no load runs.
 stop_load() {
     [ -n "$LOAD_PIDS" ] || return 0
     touch "$LOAD_STOP"
@@ -345,6 +345,10 @@ stop_load() {
     LOAD_PIDS=
     # shellcheck disable=SC2086
     read -r LOAD_BAD LOAD_TOTAL < <(load_summary $LOAD_FILES)
+    # What the failed answers were, for the check's line: "502 x1, 000 x2" (000: no answer).
+    # shellcheck disable=SC2086
+    LOAD_CODES=$(cat $LOAD_FILES 2>/dev/null | grep -v '^200$' | sort | uniq -c |
+        awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')
 }
 # load_ok MIN: the last load sent at least MIN requests and every answer was 200.
 load_ok() { [ "$LOAD_TOTAL" -ge "$1" ] && [ "$LOAD_BAD" -eq 0 ]; }

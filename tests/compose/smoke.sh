@@ -229,7 +229,7 @@ WAIT_EVERY=0.5 wait_for 30 "the reload to complete" logs_have "$API" '"reload co
 sleep 4
 stop_load
 check "4. SIGHUP to the api under load: reload completed" test -n "$reloaded"
-check "4. SIGHUP to the api under load: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200)" \
+check "4. SIGHUP to the api under load: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200${LOAD_CODES:+: $LOAD_CODES})" \
     load_ok 101
 # The old generation drains and exits; the master (PID 1) must reap it.
 settled() { [ "$(workers)" -eq 2 ] && [ "$(zombies)" -eq 0 ]; }

@@ -298,11 +298,11 @@ answers() { cat $LOAD_FILES 2>/dev/null | wc -l; }
 more=$(($(answers) + 200))
 wait_for 60 "200 more answers" eval '[ "$(answers)" -ge "$more" ]' || true
 stop_load
-check "3. scaling 2 -> 4 -> 2 under load: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200)" load_ok 200
+check "3. scaling 2 -> 4 -> 2 under load: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200${LOAD_CODES:+: $LOAD_CODES})" load_ok 200
 
 # ------------------------------------------------------------------------------------ 2. rolling update
 # rollout_under_load NAME IMAGE STATE RUNNING SECONDS: `docker stack deploy` with API_IMAGE=IMAGE under load, then
-# waits until the api's update state is STATE with 2 healthy tasks of RUNNING. Sets ROLLOUT_S, LOAD_BAD, LOAD_TOTAL.
+# waits until the api's update state is STATE with 2 healthy tasks of RUNNING. Sets ROLLOUT_S and the load results.
 rollout_under_load() {
     local name=$1 image=$2 state=$3 running=$4 seconds=$5 t rc=0
     start_load "$name"
@@ -318,7 +318,7 @@ if rollout_under_load update "$IMAGE_B" completed "$IMAGE_B" 240; then
 else
     fail "2. rolling update to a new image completed within 240 s (state: $(update_state api))"
 fi
-check "2. rolling update under load: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200)" load_ok 200
+check "2. rolling update under load: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200${LOAD_CODES:+: $LOAD_CODES})" load_ok 200
 check "2. the migration job ran again, with the new image" job_completed_with "$IMAGE_B"
 # Every api task of the first release that was stopped (2 by the scale-down, 2 by the update) drained: the master
 # logged a graceful stop and the container exited 0.
@@ -346,7 +346,7 @@ if rollout_under_load rollback "$IMAGE_BROKEN" rollback_completed "$IMAGE_B" 300
 else
     fail "4. the update to a broken image was rolled back within 300 s (state: $(update_state api))"
 fi
-check "4. service continued during the failed update: 0 failed requests ($LOAD_BAD of $LOAD_TOTAL not 200)" load_ok 100
+check "4. service continued during the failed update: 0 failed requests ($LOAD_BAD of $LOAD_TOTAL not 200${LOAD_CODES:+: $LOAD_CODES})" load_ok 100
 
 # ---------------------------------------------------------------------------------- 5. a killed api task
 start_load kill
@@ -360,5 +360,5 @@ else
     fail "5. a killed api task was replaced within 120 s"
 fi
 stop_load
-check "5. while a task was killed and replaced: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200)" \
+check "5. while a task was killed and replaced: 0 failed requests through the edge ($LOAD_BAD of $LOAD_TOTAL not 200${LOAD_CODES:+: $LOAD_CODES})" \
     load_ok 100
