@@ -3,7 +3,7 @@
 # `kubectl kustomize`, every rendered object passes kubernetes-validate (the API's own schemas, strict: an
 # unknown or misspelt field fails) for the oldest and the newest Kubernetes the manifests target, and the
 # invariants of invariants.py hold. Then the invariants are shown to catch what they guard against: known-bad
-# edits of the rendered objects (the MUTATIONS of invariants.py).
+# edits of the rendered objects, and an overlay that sets the api's grace period below graceful_timeout.
 # The Prometheus scrape job passes `promtool check config` when promtool is installed.
 #
 #   bash tests/kubernetes/check.sh          (.ci/run runs it; KUBERNETES_CHECK=skip leaves it out)
@@ -74,7 +74,7 @@ for dir in $(find deploy/kubernetes -name kustomization.yaml -printf '%h\n' | so
     fi
 done
 
-# The invariants catch what they guard against: each known-bad edit of the rendered objects must fail the
+# The invariants catch what they guard against. First in the rendered objects: each known-bad edit must fail the
 # invariant written for it.
 production=$TMP/overlays-production.yaml
 if timeout 60 "$PYTHON" "$HERE/invariants.py" "$ROOT" "$production" --mutations >"$TMP/mutations.log" 2>&1; then
@@ -82,6 +82,33 @@ if timeout 60 "$PYTHON" "$HERE/invariants.py" "$ROOT" "$production" --mutations 
 else
     grep -v '^PASS' "$TMP/mutations.log"
     fail "the invariants catch each known-bad edit"
+fi
+# Then as a later change would come: an overlay on top of production that shortens the api's grace period.
+mkdir -p "$TMP/short-grace"
+# kustomize takes resource directories by relative path only.
+production_dir=$(python3 -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' \
+    "$ROOT/deploy/kubernetes/overlays/production" "$TMP/short-grace")
+cat >"$TMP/short-grace/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $production_dir
+patches:
+  - target:
+      kind: Deployment
+      name: api
+    patch: |-
+      - op: replace
+        path: /spec/template/spec/terminationGracePeriodSeconds
+        value: 25
+EOF
+if timeout 60 kubectl kustomize "$TMP/short-grace" >"$TMP/short-grace.yaml" 2>"$TMP/kustomize.log" &&
+    ! "$PYTHON" "$HERE/invariants.py" "$ROOT" "$TMP/short-grace.yaml" >"$TMP/short-grace.log" 2>&1 &&
+    grep -q 'terminationGracePeriodSeconds 25 <= preStop 10 + graceful_timeout 30' "$TMP/short-grace.log"; then
+    pass "an overlay setting the api's grace period (25 s) below preStop + graceful_timeout fails the invariants"
+else
+    cat "$TMP/kustomize.log" "$TMP/short-grace.log" 2>/dev/null | head -20
+    fail "an overlay setting the api's grace period below preStop + graceful_timeout fails the invariants"
 fi
 
 # The Prometheus scrape job, as Prometheus would load it (invariants.py checks that it selects the api pods).
