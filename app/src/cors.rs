@@ -11,8 +11,7 @@ use hyper::header::{
 };
 use hyper::{Method, StatusCode};
 
-use crate::http::empty_response;
-use supervisor::Response;
+use crate::http::{Response, empty_response};
 
 const ALLOW_HEADERS: &str = "content-type, x-request-id";
 const EXPOSE_HEADERS: &str = "x-request-id";

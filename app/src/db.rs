@@ -28,7 +28,7 @@ use tokio_postgres::{NoTls, Row};
 use tracing::Instrument;
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
-use crate::error::ApiError;
+use crate::error::{ApiError, error_text};
 
 /// `application_name` of pooled connections, unless the URL sets one (visible in `pg_stat_activity`).
 const APPLICATION_NAME: &str = "app";
@@ -68,22 +68,6 @@ fn session_options(db: &DatabaseConfig, url_options: Option<&str>) -> String {
         options.push_str(more);
     }
     options
-}
-
-/// An error's text including its causes: tokio-postgres puts the useful part ("connection refused",
-/// "password authentication failed for user ...") in the source chain.
-pub(crate) fn error_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The pool of one worker, or nothing when no database is configured.

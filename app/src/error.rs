@@ -9,8 +9,7 @@ use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::http::json_response;
-use supervisor::Response;
+use crate::http::{Response, json_response};
 
 /// The stable, machine-readable error codes and their HTTP statuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,7 +141,8 @@ impl ApiError {
             .with_details(json!({ "limit_bytes": limit_bytes }))
     }
 
-    /// A request the worker refused for exceeding a head limit (`limit_request_*`).
+    /// A request the worker refused for a head limit (`limit_request_*`: 414 or 431, with the limit in the
+    /// details).
     pub fn refused(refusal: supervisor::Refusal) -> Self {
         use supervisor::Refusal;
         let (code, message, limit) = match refusal {
@@ -216,6 +216,22 @@ impl ApiError {
         }
         response
     }
+}
+
+/// An error's text including its causes: tokio-postgres puts the useful part ("connection refused",
+/// "password authentication failed for user ...") in the source chain.
+pub(crate) fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

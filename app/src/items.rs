@@ -16,11 +16,12 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Vis
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::body::{invalid_json, read_json_body};
 use crate::error::{ApiError, FieldError};
-use crate::http::{empty_response, invalid_json, json_response, query_param, read_json_body};
-use crate::routes::Params;
+use crate::handler::Params;
+use crate::http::{Request, Response};
+use crate::http::{empty_response, json_response, query_param};
 use crate::state::State;
-use supervisor::{Request, Response};
 
 pub(crate) const NAME_MAX_CHARS: usize = 200;
 pub(crate) const DEFAULT_LIMIT: i64 = 20;
@@ -381,7 +382,7 @@ mod tests {
             .collect()
     }
 
-    fn futures_body(body: supervisor::Body) -> bytes::Bytes {
+    fn futures_body(body: http_body_util::Full<bytes::Bytes>) -> bytes::Bytes {
         use http_body_util::BodyExt;
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(body.collect()).unwrap().to_bytes()
     }

@@ -1,17 +1,18 @@
 //! The HTTP application served by every worker: routes, the error contract, request ids, access logs, the
 //! PostgreSQL pool, readiness and migrations.
 //!
-//! It knows nothing of fork, pids or signals: the supervisor crate calls [`App`] through its
-//! [`supervisor::WorkerApp`] / [`supervisor::Service`] seam, once per worker after fork and then once per
-//! request. The binary builds a [`Config`], checks it with [`Config::validate`], and either serves
-//! [`App::new`] or runs [`migrate`].
+//! It knows nothing of fork, pids or signals: the binary runs it under the supervisor crate's
+//! [`supervisor::Server`], which resolves its settings ([`Config`], declared in `config` like the
+//! supervisor's own), boots it in every worker after fork ([`App::boot`]) and hands it every request
+//! (`App` is a tower service), labelled by [`label`]. The binary's `migrate` command runs [`migrate`].
 //!
-//! Code map:
-//! - `config`: settings, their validation, the redacting [`DatabaseUrl`].
-//! - `service`: [`App`] (boot) and the per-request pipeline (request id, span, deadline, panics, CORS,
-//!   access log); `state`: what the handlers of one worker share.
+//! Code map (no module imports one that imports it back):
+//! - `config`: settings, their declarations and validation, the redacting [`DatabaseUrl`].
+//! - `pipeline`: [`App`] (boot, and the tower service) and the per-request pipeline (request id, span,
+//!   deadline, panics, CORS, access log); `state`: what the handlers of one worker share.
 //! - `routes`: the route table (matching, labels, `Allow`, CORS methods, dispatch) and the small handlers;
-//!   `items`: the items resource.
+//!   `handler`: what a handler is (its parameters and reply); `items`: the items resource.
+//! - `http`: the request and response types and response helpers; `body`: reading JSON request bodies.
 //! - `error`: [`ApiError`], the only way an error reaches a client.
 //! - `metrics`: counters in memory shared by all workers, and the `/metrics` text;
 //! - `openapi`: `/openapi.json`, the API's description (`app/openapi.json`), and the tests that pin it to the
@@ -20,27 +21,29 @@
 //!   `migrations`: embedded migrations under an advisory lock.
 #![forbid(unsafe_code)]
 
+mod body;
 mod config;
 mod cors;
 mod db;
 mod error;
+mod handler;
 mod http;
 mod items;
 mod metrics;
 mod migrations;
 mod openapi;
+mod pipeline;
 mod readiness;
 mod request_id;
 mod routes;
-mod service;
 mod state;
 
-pub use config::{AppEnv, Config, ConfigError, DatabaseConfig, DatabaseUrl, TrustedProxies, keys, pool_budget_warning};
+pub use config::{AppEnv, Config, DatabaseConfig, DatabaseUrl, TrustedProxies};
 pub use error::{ApiError, ErrorCode, FieldError};
 pub use metrics::Metrics;
 pub use migrations::{
     ADVISORY_LOCK_KEY, AppliedMigration, MigrateError, MigrationReport, embedded_versions, latest_embedded_version,
     migrate,
 };
+pub use pipeline::{App, label};
 pub use request_id::{RequestId, is_valid as is_valid_request_id};
-pub use service::App;

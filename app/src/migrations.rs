@@ -16,7 +16,8 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::config::Config;
-use crate::db::{error_text, pg_config};
+use crate::db::pg_config;
+use crate::error::error_text;
 
 mod embedded {
     refinery::embed_migrations!("../migrations");

@@ -12,10 +12,10 @@
 use hyper::StatusCode;
 
 use crate::error::ApiError;
+use crate::handler::Params;
 use crate::http::json_static;
-use crate::routes::Params;
+use crate::http::{Request, Response};
 use crate::state::State;
-use supervisor::{Request, Response};
 
 /// The document, as written in `app/openapi.json`.
 pub(crate) const DOCUMENT: &str = include_str!("../openapi.json");

@@ -5,8 +5,6 @@
 //! Adding a route: one entry in [`ROUTES`] and its handler, an `async fn(&State, Request, &Params)`, and its
 //! description in `app/openapi.json` (a test fails until both agree).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
@@ -14,16 +12,12 @@ use serde_json::json;
 
 use crate::config::AppEnv;
 use crate::error::{ApiError, FieldError};
+use crate::handler::{Handler, Params, Reply};
+use crate::http::{Request, Response};
 use crate::http::{json_response, json_static, query_param};
 use crate::items;
 use crate::openapi;
 use crate::state::State;
-use supervisor::{Request, Response};
-
-/// What a handler returns.
-pub(crate) type Reply<'a> = Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send + 'a>>;
-/// A handler: the worker's state, the request, and the path parameters.
-pub(crate) type Handler = for<'a> fn(&'a State, Request, &'a Params) -> Reply<'a>;
 
 /// One resource.
 pub(crate) struct Route {
@@ -78,17 +72,6 @@ pub(crate) fn labels() -> Vec<&'static str> {
     ROUTES.iter().map(|r| r.template).chain([UNMATCHED]).collect()
 }
 
-/// The path parameters of a matched route, in template order.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Params(Vec<String>);
-
-impl Params {
-    /// The first parameter (routes have at most one today).
-    pub(crate) fn first(&self) -> &str {
-        self.0.first().map_or("", String::as_str)
-    }
-}
-
 /// A request's route and its parameters.
 pub(crate) struct Matched {
     /// Index in [`ROUTES`], which is also its metrics label.
@@ -115,7 +98,7 @@ fn match_template(template: &str, path: &str) -> Option<Params> {
     let mut params = Vec::new();
     loop {
         match (t.next(), p.next()) {
-            (None, None) => return Some(Params(params)),
+            (None, None) => return Some(Params::new(params)),
             (Some(seg), Some(value)) if seg.starts_with('{') && seg.ends_with('}') && !value.is_empty() => {
                 params.push(value.to_owned())
             }
@@ -188,7 +171,7 @@ async fn readyz(state: &State, _: Request, _: &Params) -> Result<Response, ApiEr
 async fn metrics(state: &State, _: Request, _: &Params) -> Result<Response, ApiError> {
     let stats = supervisor::stats::server_stats().unwrap_or_default();
     let body = state.metrics.render(&stats, env!("CARGO_PKG_VERSION"), &labels());
-    let mut response = Response::new(supervisor::Body::from(body));
+    let mut response = Response::new(http_body_util::Full::from(body));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -1,17 +1,53 @@
-//! A prefork process supervisor for HTTP services: the master process, its workers, and the worker runtime
-//! that serves a hyper [`Service`] on the inherited listeners.
+//! A prefork application server for Rust HTTP services, in the manner of gunicorn: a master process binds
+//! the listening sockets and forks workers; each worker builds your service on its own tokio runtime and
+//! serves HTTP/1.1 on the shared sockets. The master keeps the workers alive (heartbeats, boot and request
+//! timeouts, crash-loop backoff, recycling after `max_requests`), reloads them without dropping a request
+//! on SIGHUP, and stops them gracefully on SIGTERM.
 //!
-//! This crate knows nothing of routes, JSON or databases. All `unsafe` code lives in the private `sys`
-//! module; everything else is safe Rust.
+//! Your `main` hands the supervisor a boot function and lets [`Server::main`] do the rest: the command line
+//! (`serve`, `check`, `healthcheck`, `--config FILE`, a flag per setting), the settings from the file, the
+//! environment (gunicorn's names included) and the flags, JSON logging, signals, exit codes.
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//!
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper::{Request, Response};
+//!
+//! async fn hello(_: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+//!     Ok(Response::new(Full::new(Bytes::from("hello\n"))))
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     // Runs in every worker, after fork: build clients, pools and state here.
+//!     supervisor::Server::new(|| async { Ok(supervisor::from_hyper(hyper::service::service_fn(hello))) })
+//!         .version(env!("CARGO_PKG_VERSION"))
+//!         .main()
+//! }
+//! ```
+//!
+//! Any [`tower_service::Service`] over [`Request`]s whose responses have a body of [`bytes::Bytes`] can be
+//! served: an axum `Router`, a tower middleware stack, a hyper `service_fn` through [`from_hyper`].
+//! Responses may stream, request bodies stream in, and HTTP/1.1 upgrades (WebSocket) work. An application
+//! with settings of its own declares them like the supervisor's ([`config`]), and gets them in its boot
+//! function ([`Server::with_settings`]).
+//!
+//! The crate knows nothing of routes, JSON or databases. All `unsafe` code (fork, shared memory, signal
+//! dispositions) lives in one private module; everything else is safe Rust.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 mod balance;
+pub mod config;
 pub mod cpus;
 pub mod exit;
+mod healthcheck;
 mod listen;
 pub mod logging;
 mod master;
 mod scoreboard;
+mod server;
 mod service;
 mod settings;
 pub mod stats;
@@ -22,10 +58,10 @@ mod worker;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use master::{Reloader, run};
-pub use service::{Body, BootError, BoxFuture, Call, Label, Refusal, Request, Response, Service, WorkerApp};
+pub use server::Server;
+pub use service::{BootError, BoxError, BoxFuture, FromHyper, Label, PeerAddr, Refusal, Request, from_hyper};
 pub use settings::{Limits, Settings};
-pub use worker::serve_in_process;
+pub use worker::draining;
 
 /// `s` cut to at most `limit` bytes on a character boundary, and how many bytes were left out.
 pub(crate) fn cut_at(s: &str, limit: usize) -> (&str, usize) {

@@ -1,46 +1,37 @@
-//! The seam between the supervisor and the application it serves.
+//! The seam between the supervisor and the service it runs.
 //!
-//! The worker runtime knows how to accept connections, speak HTTP/1.1 with timeouts and drain; it does not
-//! know what a route is. An application hands it a [`Service`] once the worker has booted.
+//! A worker serves any [`tower_service::Service`] that takes a [`Request`] and answers an
+//! `http::Response<B>` whose body `B` is any [`hyper::body::Body`] of [`Bytes`]: an axum `Router`, a tower
+//! middleware stack, a hyper `service_fn` (through [`from_hyper`]). Bodies stream both ways, and a service
+//! may take over the connection with an HTTP/1.1 upgrade (`hyper::upgrade::on`, for WebSocket). The worker
+//! runtime owns everything around the service: accepting, HTTP/1.1 with keep-alive and head timeouts, the
+//! request-head limits, the scoreboard, draining.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body_util::Full;
 
-/// The body of every response: fully buffered. The app's responses are small JSON documents or text.
-pub type Body = http_body_util::Full<Bytes>;
-/// A request as the runtime hands it to the application.
+/// A request as a worker hands it to the service. Its extensions hold the client's address
+/// ([`PeerAddr`]), and, when the service answers refused requests itself (see
+/// [`crate::Server::answer_refusals`]), the [`Refusal`].
 pub type Request = hyper::Request<hyper::body::Incoming>;
-/// A response as the application hands it back.
-pub type Response = hyper::Response<Body>;
+/// The error a service or a body may fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// An HTTP application served by every worker.
-pub trait Service: Send + Sync + 'static {
-    /// Answers one request. `peer` is the address of the TCP client (the proxy, behind a proxy).
-    /// A panic in the returned future costs the connection, never the worker; applications that want to
-    /// answer panics in their own error format should catch them.
-    ///
-    /// A request that exceeds the worker's limits carries a [`Refusal`] in its extensions: the application
-    /// answers it (414 or 431 in its own error format) without handling the request.
-    fn call(&self, req: Request, peer: SocketAddr) -> Call;
-}
+/// The address of the TCP client (the proxy, behind a proxy), in every request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
-/// A request the application took: its label, and the response to come.
-pub struct Call {
-    /// A short label for the request, typically the id the application assigned it. While the request is in
-    /// flight, the runtime records the method, path and this label in the worker's scoreboard slot, so that
-    /// the master can name the request if the worker stops answering.
-    pub label: Label,
-    /// The response.
-    pub response: BoxFuture<Response>,
-}
-
-/// A request's label: text of at most [`Label::CAPACITY`] bytes, kept inline, so that labelling a request
-/// allocates nothing.
+/// A request's label in the scoreboard: text of at most [`Label::CAPACITY`] bytes, kept inline, so that
+/// labelling a request allocates nothing. While a request is in flight (its response streaming included),
+/// the worker records its method, path and label in its scoreboard slot, so that the master can name it
+/// when the worker stops answering or dies. See [`crate::Server::label`].
 #[derive(Clone, Copy)]
 pub struct Label {
     len: u8,
@@ -66,6 +57,14 @@ impl Label {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("cut on a character boundary")
     }
+
+    /// The default label of a request: its `X-Request-ID` header, if it is printable ASCII.
+    pub fn of_request_id(req: &Request) -> Label {
+        match req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+            Some(id) if id.bytes().all(|b| b.is_ascii_graphic()) => Label::new(id),
+            _ => Label::NONE,
+        }
+    }
 }
 
 impl std::fmt::Debug for Label {
@@ -74,8 +73,10 @@ impl std::fmt::Debug for Label {
     }
 }
 
-/// Why the worker refuses a request it could parse (gunicorn's `limit_request_*`). Heads beyond what the
-/// parser accepts at all are refused by hyper itself (431, connection closed) and never reach the service.
+/// Why the worker refuses a request it could parse: gunicorn's `limit_request_*`. Heads beyond what the parser accepts at all are refused by hyper itself (431,
+/// connection closed) and never reach the service. The worker answers a refused request itself
+/// ([`Refusal::response`]) and closes the connection, unless the service answers refusals in its own format
+/// ([`crate::Server::answer_refusals`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// The request line is longer than `limit` bytes (414).
@@ -95,6 +96,38 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// The status it is answered with.
+    pub fn status(self) -> hyper::StatusCode {
+        use hyper::StatusCode;
+        match self {
+            Refusal::RequestLineTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Refusal::TooManyHeaderFields { .. } | Refusal::HeaderFieldTooLarge { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+        }
+    }
+
+    /// What is wrong, in a sentence for the client.
+    pub fn message(self) -> String {
+        match self {
+            Refusal::RequestLineTooLong { limit } => format!("the request line is longer than {limit} bytes"),
+            Refusal::TooManyHeaderFields { limit } => format!("more than {limit} header fields"),
+            Refusal::HeaderFieldTooLarge { limit } => format!("a header field is longer than {limit} bytes"),
+        }
+    }
+
+    /// The worker's own answer: the status, and the message as plain text.
+    pub fn response(self) -> hyper::Response<Full<Bytes>> {
+        let mut response = hyper::Response::new(Full::new(Bytes::from(self.message() + "\n")));
+        *response.status_mut() = self.status();
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+        response
+    }
+}
+
 /// Why a worker could not boot. The message is logged by the worker and reported by the master.
 #[derive(Debug)]
 pub struct BootError(pub String);
@@ -107,13 +140,48 @@ impl std::fmt::Display for BootError {
 
 impl std::error::Error for BootError {}
 
-/// Builds the application inside a freshly forked worker, on the worker's tokio runtime.
-///
-/// The master never calls [`WorkerApp::boot`]: it only holds the value so that every worker it forks can.
-/// Anything that starts threads or touches tokio belongs in `boot`, never in the constructor.
-pub trait WorkerApp: Send + Sync + 'static {
-    /// Initialises the application. The worker is marked ready once this returns `Ok`.
-    fn boot(&self) -> BoxFuture<Result<std::sync::Arc<dyn Service>, BootError>>;
+impl From<String> for BootError {
+    fn from(message: String) -> Self {
+        BootError(message)
+    }
+}
+
+impl From<&str> for BootError {
+    fn from(message: &str) -> Self {
+        BootError(message.to_owned())
+    }
+}
+
+/// What labels a request for the scoreboard (see [`crate::Server::label`]).
+pub(crate) type LabelFn = Arc<dyn Fn(&mut Request) -> Label + Send + Sync>;
+
+/// A hyper service (`hyper::service::service_fn`, or any [`hyper::service::Service`]) as a tower service,
+/// so a worker can serve it.
+pub fn from_hyper<S>(service: S) -> FromHyper<S> {
+    FromHyper(Arc::new(service))
+}
+
+/// See [`from_hyper`].
+pub struct FromHyper<S>(Arc<S>);
+
+impl<S> Clone for FromHyper<S> {
+    fn clone(&self) -> Self {
+        FromHyper(self.0.clone())
+    }
+}
+
+impl<S: hyper::service::Service<Request>> tower_service::Service<Request> for FromHyper<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        self.0.call(req)
+    }
 }
 
 #[cfg(test)]

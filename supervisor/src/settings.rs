@@ -1,25 +1,36 @@
-//! The supervisor's settings, already resolved and validated by the caller.
+//! The supervisor's settings: the typed [`Settings`] the master and its workers run with, and the
+//! declaration of each field's setting (key, environment variables, flag, bounds, default, doc, HUP),
+//! which [`Settings::resolve`] reads through the layers.
+//!
+//! Adding a setting: its declaration below, a line in [`SETTINGS`], and the field it fills in
+//! [`Settings::resolve`]. A binary's tests regenerate its sample config and docs tables from the
+//! declarations (see [`crate::config::docs`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything the master and its workers need to know. Built by the binary from flags, environment and
-/// the config file; the supervisor itself reads only the service manager's variables (`LISTEN_*`,
-/// `NOTIFY_SOCKET`, `WATCHDOG_*`).
+use crate::config::{ConfigError, Invalid, Resolver, Setting, Spec};
+use crate::cpus::CpuSource;
+use crate::logging::{LogLevel, LogSettings};
+
+/// Everything the master and its workers need to know. Resolved from flags, environment and the config
+/// file by [`Settings::resolve`] (or built by hand); the supervisor itself reads only the service
+/// manager's variables (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// Addresses to listen on. IPv6 addresses are bound IPv6-only so that `0.0.0.0:P` and `[::]:P` can coexist.
     pub bind: Vec<SocketAddr>,
     /// Listen backlog (capped by the kernel's `net.core.somaxconn`).
     pub backlog: u32,
-    /// Number of workers to keep running.
+    /// Number of workers to keep running; 0 serves in a single process without a master.
     pub workers: usize,
     /// Tokio worker threads per worker; 1 selects the current-thread runtime.
     pub threads: usize,
     /// A ready worker whose heartbeat is older than this is killed and replaced.
     pub timeout: Duration,
-    /// How long a graceful stop waits for in-flight requests before killing stragglers.
+    /// How long a graceful stop waits for in-flight requests, streams and upgraded connections before
+    /// closing them.
     pub graceful_timeout: Duration,
     /// Idle keep-alive timeout. Zero disables keep-alive (every response carries `Connection: close`).
     pub keepalive: Duration,
@@ -33,9 +44,12 @@ pub struct Settings {
     pub pidfile: Option<PathBuf>,
     /// Request head limits (gunicorn's `limit_request_*`).
     pub limits: Limits,
-    /// Connections a worker holds at most (gunicorn's `worker_connections`); at the cap it stops accepting
-    /// until one closes, leaving new connections to its siblings and the kernel's backlog.
+    /// Connections a worker holds at most (gunicorn's `worker_connections`), upgraded ones included; at the
+    /// cap it stops accepting until one closes, leaving new connections to its siblings and the kernel's
+    /// backlog.
     pub max_connections: usize,
+    /// Log verbosity, file and buffer.
+    pub log: LogSettings,
 }
 
 /// Limits on a request's head. Zero means the parser's own maximum.
@@ -73,7 +87,7 @@ impl Settings {
     pub const MAX_WORKERS: usize = 128;
 
     /// How long a connection may wait for a request's headers. With keep-alive on this is the keep-alive
-    /// timeout (the wait restarts when a response goes out); with keep-alive off a fixed bound still
+    /// timeout (the wait restarts when a response has been written); with keep-alive off a fixed bound still
     /// protects against clients that never finish their headers.
     pub fn header_timeout(&self) -> Duration {
         if self.keepalive.is_zero() { Duration::from_secs(5) } else { self.keepalive }
@@ -82,6 +96,42 @@ impl Settings {
     /// How often a worker stamps its heartbeat: a quarter of `timeout`, at most once a second.
     pub fn heartbeat_interval(&self) -> Duration {
         (self.timeout / 4).min(Duration::from_secs(1))
+    }
+
+    /// Reads every setting declared in [`SETTINGS`] through `r`. `cpus` is the usable CPU count and where
+    /// it came from (see [`crate::cpus::usable_cpus`]), for the default worker count.
+    pub fn resolve(r: &mut Resolver<'_>, cpus: (usize, CpuSource)) -> Result<Settings, ConfigError> {
+        let bind = r.parse(&BIND, |list| list.iter().map(|s| parse_addr(s)).collect::<Result<Vec<_>, _>>())?;
+        if bind.is_empty() {
+            return Err(r.refuse(Invalid::new(&BIND, "at least one address is required")));
+        }
+        let (n, cpu_source) = cpus;
+        let default_workers = n.clamp(2, 4);
+        let how = format!("min(4, max(2, {n} CPUs from {}))", cpu_source.as_str());
+        Ok(Settings {
+            bind,
+            backlog: r.get(&BACKLOG)? as u32,
+            workers: r.or_with(&WORKERS, default_workers as u64, &how)? as usize,
+            threads: r.get(&THREADS)? as usize,
+            timeout: r.get(&TIMEOUT)?,
+            graceful_timeout: r.get(&GRACEFUL_TIMEOUT)?,
+            keepalive: r.get(&KEEPALIVE)?,
+            boot_timeout: r.get(&BOOT_TIMEOUT)?,
+            max_requests: r.get(&MAX_REQUESTS)?,
+            max_requests_jitter: r.get(&MAX_REQUESTS_JITTER)?,
+            limits: Limits {
+                request_line: r.get(&LIMIT_REQUEST_LINE)? as usize,
+                request_fields: r.get(&LIMIT_REQUEST_FIELDS)? as usize,
+                request_field_size: r.get(&LIMIT_REQUEST_FIELD_SIZE)? as usize,
+            },
+            max_connections: r.get(&MAX_CONNECTIONS)? as usize,
+            pidfile: r.opt(&PIDFILE)?.map(PathBuf::from),
+            log: LogSettings {
+                level: r.parse(&LOG_LEVEL, |s| s.parse::<LogLevel>())?,
+                file: r.opt(&LOG_FILE)?.map(PathBuf::from),
+                buffer_bytes: r.get(&LOG_BUFFER_BYTES)? as usize,
+            },
+        })
     }
 }
 
@@ -101,6 +151,194 @@ impl Default for Settings {
             pidfile: None,
             limits: Limits::default(),
             max_connections: 1000,
+            log: LogSettings::default(),
         }
     }
 }
+
+/// `HOST:PORT`, with IPv6 hosts in brackets; `:PORT` alone means all IPv4 interfaces.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    full.parse().map_err(|_| format!("{s:?} is not HOST:PORT (IPv6 as [::1]:8000)"))
+}
+
+const DAY: f64 = 86_400.0;
+/// Upper bound of request counts (`max_requests`, its jitter).
+const MAX_COUNT: u64 = 1_000_000_000;
+
+/// Every setting of the supervisor, in the order `check` prints them and the sample file lists them.
+pub const SETTINGS: &[&Spec] = &[
+    BIND.spec(),
+    BACKLOG.spec(),
+    WORKERS.spec(),
+    THREADS.spec(),
+    TIMEOUT.spec(),
+    GRACEFUL_TIMEOUT.spec(),
+    KEEPALIVE.spec(),
+    LOG_LEVEL.spec(),
+    BOOT_TIMEOUT.spec(),
+    MAX_REQUESTS.spec(),
+    MAX_REQUESTS_JITTER.spec(),
+    LIMIT_REQUEST_LINE.spec(),
+    LIMIT_REQUEST_FIELDS.spec(),
+    LIMIT_REQUEST_FIELD_SIZE.spec(),
+    MAX_CONNECTIONS.spec(),
+    PIDFILE.spec(),
+    LOG_FILE.spec(),
+    LOG_BUFFER_BYTES.spec(),
+];
+
+const BIND: Setting<Vec<String>> =
+    Setting::list("bind").env(&["SUPERVISOR_BIND"]).flag("bind").short('b').default(r#"["0.0.0.0:8000"]"#).doc(
+        "Addresses to listen on, HOST:PORT; IPv6 as \"[::]:8000\" (bound IPv6-only, so both families can be listed).",
+    );
+
+const BACKLOG: Setting<u64> = Setting::count("backlog", 1, 65_535)
+    .env(&["SUPERVISOR_BACKLOG"])
+    .flag("backlog")
+    .default("2048")
+    .doc("Listen backlog (the kernel caps it at net.core.somaxconn); applies to newly bound addresses.");
+
+const WORKERS: Setting<u64> = Setting::count("workers", 0, Settings::MAX_WORKERS as u64)
+    .env(&["WEB_CONCURRENCY"])
+    .flag("workers")
+    .short('w')
+    .computed("min(4, max(2, CPUs))", "2")
+    .doc(
+        "Worker processes. CPUs honours the cgroup CPU quota and the affinity mask. 0 serves in a single process \
+         without a master (debugging, benchmarks).",
+    );
+
+const THREADS: Setting<u64> = Setting::count("threads", 1, 64)
+    .env(&["SUPERVISOR_THREADS"])
+    .flag("threads")
+    .default("1")
+    .doc("Runtime threads per worker; 1 uses a current-thread runtime.");
+
+const TIMEOUT: Setting<Duration> = Setting::seconds("timeout", 1.0, DAY)
+    .env(&["SUPERVISOR_TIMEOUT", "GUNICORN_TIMEOUT"])
+    .flag("timeout")
+    .short('t')
+    .default("60")
+    .doc(
+        "A worker whose heartbeat is silent this long (blocked runtime, deadlock, CPU spin) is killed and \
+         replaced, after one more heartbeat interval (timeout/4, at most 1 s): never before it has been stuck \
+         this long. Also the default per-request deadline of the app (answered 504).",
+    );
+
+const GRACEFUL_TIMEOUT: Setting<Duration> = Setting::seconds("graceful_timeout", 0.0, DAY)
+    .env(&["SUPERVISOR_GRACEFUL_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT"])
+    .flag("graceful-timeout")
+    .default("30")
+    .doc(
+        "On SIGTERM, and when a worker is retired, in-flight requests, streamed responses and upgraded \
+         connections (WebSocket) get this long; what is still open then is closed, and stragglers are killed \
+         and named in the log. Keep a container's stop grace period longer.",
+    );
+
+const KEEPALIVE: Setting<Duration> = Setting::seconds("keepalive", 0.0, 3600.0)
+    .env(&["SUPERVISOR_KEEPALIVE", "GUNICORN_KEEPALIVE"])
+    .flag("keepalive")
+    .default("5")
+    .doc(
+        "Idle keep-alive connections are closed after this long, and so is a connection that has not sent a \
+         whole request head within it of opening or of its last response (5 s when keep-alive is off); 0 \
+         disables keep-alive. Keep it LONGER than the idle timeout of the proxy in front (nginx upstream \
+         keepalive_timeout), or proxied POSTs can fail with 502.",
+    );
+
+const LOG_LEVEL: Setting<String> = Setting::text("log_level")
+    .env(&["SUPERVISOR_LOG_LEVEL", "GUNICORN_LOG_LEVEL"])
+    .flag("log-level")
+    .default(r#""info""#)
+    .doc("trace, debug, info, warning, error (critical = error).")
+    .restart();
+
+const BOOT_TIMEOUT: Setting<Duration> = Setting::seconds("boot_timeout", 1.0, DAY)
+    .env(&["SUPERVISOR_BOOT_TIMEOUT"])
+    .flag("boot-timeout")
+    .default("30")
+    .doc(
+        "A new worker not ready within this long is killed; a reload whose new workers miss it is aborted, and at \
+         startup forks that keep failing are given up after it.",
+    );
+
+const MAX_REQUESTS: Setting<u64> = Setting::count("max_requests", 0, MAX_COUNT)
+    .env(&["SUPERVISOR_MAX_REQUESTS"])
+    .flag("max-requests")
+    .default("0")
+    .doc(
+        "Recycle a worker after about this many requests (0 = never): it is replaced once a new worker is ready, \
+         one at a time. Only to contain a leak.",
+    );
+
+const MAX_REQUESTS_JITTER: Setting<u64> = Setting::count("max_requests_jitter", 0, MAX_COUNT)
+    .env(&["SUPERVISOR_MAX_REQUESTS_JITTER"])
+    .flag("max-requests-jitter")
+    .default("0")
+    .doc("A random 0..=jitter added to max_requests per worker, so workers do not recycle together.");
+
+const LIMIT_REQUEST_LINE: Setting<u64> = Setting::count("limit_request_line", 0, 8190)
+    .env(&["SUPERVISOR_LIMIT_REQUEST_LINE"])
+    .flag("limit-request-line")
+    .default("4094")
+    .doc(
+        "Longest request line (method, target, version) in bytes; longer ones are answered 414. 0: only the \
+         parser's own maximum.",
+    );
+
+const LIMIT_REQUEST_FIELDS: Setting<u64> = Setting::count("limit_request_fields", 1, 32_768)
+    .env(&["SUPERVISOR_LIMIT_REQUEST_FIELDS"])
+    .flag("limit-request-fields")
+    .default("100")
+    .doc(
+        "Most header fields in a request; more are answered 431 (past 100, the parser's own cap, by the parser: \
+         431 without a body, connection closed).",
+    );
+
+const LIMIT_REQUEST_FIELD_SIZE: Setting<u64> = Setting::count("limit_request_field_size", 0, 65_536)
+    .env(&["SUPERVISOR_LIMIT_REQUEST_FIELD_SIZE"])
+    .flag("limit-request-field-size")
+    .default("8190")
+    .doc(
+        "Longest header field (name and value) in bytes; longer ones are answered 431. A whole head larger than \
+         limit_request_line + 4 x this is refused by the parser itself (431, connection closed). 0: only the \
+         parser's own maximum (about 400 KiB for the whole head).",
+    );
+
+const MAX_CONNECTIONS: Setting<u64> = Setting::count("max_connections", 1, 100_000)
+    .env(&["SUPERVISOR_MAX_CONNECTIONS"])
+    .flag("max-connections")
+    .alias("worker_connections", "worker-connections")
+    .default("1000")
+    .doc(
+        "Connections a worker holds at most, upgraded ones (WebSocket) included. At the cap it stops accepting \
+         until one closes (never closing one it accepted), so new connections go to its siblings or wait in the \
+         backlog. With the head limits this bounds a worker's memory for slow clients.",
+    );
+
+const PIDFILE: Setting<String> = Setting::text("pidfile")
+    .env(&["SUPERVISOR_PIDFILE"])
+    .flag("pidfile")
+    .unset(r#""/run/supervisor.pid""#)
+    .doc("Write the master's pid here while it runs (not needed in a container).")
+    .restart();
+
+const LOG_FILE: Setting<String> = Setting::text("log_file")
+    .env(&["SUPERVISOR_LOG_FILE"])
+    .flag("log-file")
+    .unset(r#""/var/log/supervisor/server.log""#)
+    .doc("Log to this file instead of standard output; SIGUSR1 reopens it (for logrotate).")
+    .restart();
+
+const LOG_BUFFER_BYTES: Setting<u64> = Setting::count("log_buffer_bytes", 4096, 1 << 26)
+    .env(&["SUPERVISOR_LOG_BUFFER_BYTES"])
+    .flag("log-buffer-bytes")
+    .default("1048576")
+    .doc(
+        "Bytes of log lines each process (master, every worker) may hold unwritten while its output is slower \
+         than its logging (a stalled log shipper, a slow disk); lines beyond are dropped and counted \
+         (log_lines_dropped_total), never waited for. Larger rides out longer stalls, but costs up to twice this \
+         much memory per process, and a worker killed during a stall loses up to this much.",
+    )
+    .restart();

@@ -2,29 +2,59 @@
 //!
 //! It builds the tokio runtime, registers the worker's signals, boots the application, stamps the
 //! heartbeat, and serves HTTP/1.1 on the inherited listeners with keep-alive and header timeouts. On SIGTERM
-//! it stops accepting (after taking what is already in the backlog), lets in-flight requests finish, closes
-//! idle keep-alive connections and exits 0; on SIGINT or SIGQUIT it exits at once.
+//! it stops accepting (after taking what is already in the backlog), lets in-flight requests, streamed
+//! responses and upgraded connections finish for at most `graceful_timeout`, closes idle keep-alive
+//! connections and exits 0; on SIGINT or SIGQUIT it exits at once.
+//!
+//! What a connection and a request hold in the scoreboard lives as long as they do: the connection's count
+//! is held by its socket ([`TrackedStream`]), which an HTTP/1.1 upgrade hands on to the application, so an
+//! upgraded connection (WebSocket) still counts towards `max_connections` and is waited for on drain; a
+//! request's in-flight entry is held by its response body ([`TrackedBody`]), so a streamed response still
+//! shows in the scoreboard, and the wait for the next request head starts only once the body has been
+//! written.
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Either;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use nix::sys::signal::Signal;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
-use crate::scoreboard::{Scoreboard, Slot, SlotState};
-use crate::service::{Call, Refusal, Request, Service, WorkerApp};
+use crate::scoreboard::{ConnectionGuard, RequestGuard, Scoreboard, Slot, SlotState};
+use crate::service::{BoxError, Label, LabelFn, PeerAddr, Refusal, Request};
 use crate::{Limits, Settings, balance, sys};
 
 use crate::exit::{WORKER_BOOT_FAILED as EXIT_BOOT_FAILED, WORKER_SETUP_FAILED as EXIT_SETUP_FAILED};
+
+/// An application as the master holds it for one generation: what a forked worker boots and serves. The
+/// master never calls it; each worker does, once, on its own runtime.
+pub(crate) trait Boot: Send + Sync {
+    /// Boots the application and serves it until the worker stops; returns the exit code.
+    fn boot_and_serve<'a>(&'a self, worker: Worker<'a>) -> Pin<Box<dyn Future<Output = i32> + 'a>>;
+}
+
+/// What every worker does around the service, the same for every generation.
+#[derive(Clone)]
+pub(crate) struct Hooks {
+    /// Labels a request for the scoreboard; `None`: its `X-Request-ID`.
+    pub label: Option<LabelFn>,
+    /// Refused requests go to the service (with the [`Refusal`] in their extensions) instead of being
+    /// answered by the worker.
+    pub service_answers_refusals: bool,
+}
 
 /// Everything a worker needs, handed over by the master at fork.
 pub(crate) struct WorkerStart {
@@ -33,10 +63,18 @@ pub(crate) struct WorkerStart {
     pub generation: u64,
     pub settings: Arc<Settings>,
     pub listeners: Vec<std::net::TcpListener>,
-    pub app: Arc<dyn WorkerApp>,
+    pub app: Arc<dyn Boot>,
     pub master_pid: i32,
     /// Written to once the worker is ready, to wake the master.
     pub ready_fd: Option<Arc<OwnedFd>>,
+}
+
+/// A worker about to boot its application: handed to [`Boot::boot_and_serve`], which boots the service and
+/// passes both to [`boot_and_serve`].
+pub(crate) struct Worker<'a> {
+    listeners: Vec<std::net::TcpListener>,
+    serving: Serving<'a>,
+    signals: StopSignals,
 }
 
 /// Whose turn it is to take the next connection (see [`balance`]).
@@ -55,6 +93,19 @@ enum Turn {
 enum Stop {
     Graceful,
     Immediate,
+}
+
+/// Set once this process starts draining; see [`crate::draining`].
+static DRAINING: LazyLock<watch::Sender<bool>> = LazyLock::new(|| watch::Sender::new(false));
+
+/// Resolves once the worker this runs in starts a graceful stop (SIGTERM: a stop of the server, a reload, a
+/// recycle, a scale-down), at once if it has started already. From then on the worker accepts no new
+/// connection, and what is still open after `graceful_timeout` is closed: a long-lived response (server-sent
+/// events) or an upgraded connection (WebSocket) can end itself cleanly before that, for example with a
+/// last event or a WebSocket close frame. Outside a worker it never resolves.
+pub async fn draining() {
+    let mut rx = DRAINING.subscribe();
+    let _ = rx.wait_for(|draining| *draining).await;
 }
 
 /// Runs a forked worker to completion and returns its exit code. Signals are blocked on entry (the master
@@ -83,7 +134,8 @@ pub(crate) fn run(start: WorkerStart) -> i32 {
         }
     };
     let code = runtime.block_on(serve_worker(start));
-    // Connections still open after a drain belong to a client that ignored `Connection: close`; do not wait.
+    // Connections still open after a drain belong to a client that ignored `Connection: close`, or outlived
+    // `graceful_timeout`; do not wait.
     runtime.shutdown_background();
     code
 }
@@ -116,7 +168,7 @@ async fn serve_worker(start: WorkerStart) -> i32 {
     let limit = request_limit(&start.settings);
     let serving =
         Serving { board: start.board, slot, settings: &start.settings, limit, master_pipe: start.ready_fd.clone() };
-    boot_and_serve(start.app.as_ref(), start.listeners, serving, signals).await
+    start.app.boot_and_serve(Worker { listeners: start.listeners, serving, signals }).await
 }
 
 /// How a booted application is served in this process.
@@ -126,18 +178,26 @@ struct Serving<'a> {
     settings: &'a Settings,
     /// Request budget (0: unlimited).
     limit: u64,
-    /// Poked when ready and when the request budget is spent, to wake the master.
+    /// Poked when ready and when the request budget is spent, to wake the master; `None` in a single
+    /// process, which then enforces `graceful_timeout` on its drain itself.
     master_pipe: Option<Arc<OwnedFd>>,
 }
 
-/// Boots the application, marks the slot ready, and serves until stopped; returns the exit code.
-async fn boot_and_serve(
-    app: &dyn WorkerApp,
-    listeners: Vec<std::net::TcpListener>,
-    serving: Serving<'_>,
-    signals: StopSignals,
-) -> i32 {
-    let service = match app.boot().await {
+/// Boots the application (`boot`), marks the slot ready, and serves it until stopped; returns the exit code.
+pub(crate) async fn boot_and_serve<S, B>(
+    boot: impl Future<Output = Result<S, crate::BootError>>,
+    worker: Worker<'_>,
+    hooks: &Hooks,
+) -> i32
+where
+    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Worker { listeners, serving, signals } = worker;
+    let service = match boot.await {
         Ok(service) => service,
         Err(error) => {
             tracing::error!(error = %error, "worker failed to boot");
@@ -156,7 +216,7 @@ async fn boot_and_serve(
         sys::poke_fd(fd.as_raw_fd());
     }
     tracing::info!(bind = ?serving.settings.bind, threads = serving.settings.threads, "worker accepting connections");
-    if let Stop::Immediate = serve(listeners, service, serving, signals).await {
+    if let Stop::Immediate = serve(listeners, service, serving, signals, hooks).await {
         tracing::info!("worker exiting at once");
     }
     0
@@ -164,7 +224,7 @@ async fn boot_and_serve(
 
 /// Serves the application in this process, without a master: the listeners are bound here, and the process
 /// stops gracefully on SIGTERM and at once on SIGINT/SIGQUIT. Used for debugging and as a benchmark baseline.
-pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<i32, crate::MasterError> {
+pub(crate) fn serve_in_process(settings: &Settings, app: Arc<dyn Boot>) -> Result<i32, crate::MasterError> {
     let listeners = crate::listen::bind_all(&settings.bind, settings.backlog)?;
     crate::logging::start_writer();
     let board = Scoreboard::new(1).map_err(crate::MasterError::Scoreboard)?;
@@ -189,7 +249,7 @@ pub fn serve_in_process(settings: &Settings, app: Arc<dyn WorkerApp>) -> Result<
         };
         tokio::spawn(reopen);
         let serving = Serving { board, slot, settings: &settings, limit: 0, master_pipe: None };
-        boot_and_serve(app.as_ref(), listeners, serving, signals).await
+        app.boot_and_serve(Worker { listeners, serving, signals }).await
     });
     runtime.shutdown_background();
     Ok(code)
@@ -271,18 +331,18 @@ async fn heartbeat(slot: Slot, every: Duration, master: Option<i32>) {
     }
 }
 
-/// Per-connection context shared by the accept loops.
-struct Conn {
-    service: Arc<dyn Service>,
+/// What the accept loops and the connections of one worker share.
+struct Shared {
     board: Scoreboard,
     slot: Slot,
     /// A sibling whose heartbeat is older than this is not counted as accepting (see [`balance`]).
     peer_silence: Duration,
-    /// Signalled when one of this worker's connections closes: a deferring accept loop looks again.
-    closed: tokio::sync::Notify,
+    /// Signalled when one of this worker's connections closes: a deferring accept loop looks again, and a
+    /// drain waiting for the last connection.
+    closed: Arc<Notify>,
     /// Signalled when the request budget is spent: an accept loop waiting in `accept` looks again whose
     /// turn it is.
-    spent: tokio::sync::Notify,
+    spent: Notify,
     builder: http1::Builder,
     /// How long a connection may wait for a request head (see [`close_on_head_timeout`]).
     head_timeout: Duration,
@@ -295,11 +355,14 @@ struct Conn {
     draining: AtomicBool,
     /// Stops the accept loops on drain (they serve what is already queued first).
     stop_accepting: watch::Sender<bool>,
+    /// Tells every connection to finish its current exchange and close (hyper's graceful shutdown).
+    shutdown: watch::Sender<bool>,
     /// Wakes the master (a worker reached its request limit and needs a replacement).
     master_pipe: Option<Arc<OwnedFd>>,
+    hooks: Hooks,
 }
 
-impl Conn {
+impl Shared {
     /// Waits, at most [`balance::MAX_DEFER`], while this worker holds more than its share of the connections
     /// so that a sibling takes the next one.
     async fn wait_turn(&self) {
@@ -347,6 +410,25 @@ impl Conn {
             }
         }
     }
+
+    /// The request's label for the scoreboard.
+    fn label(&self, req: &mut Request) -> Label {
+        match &self.hooks.label {
+            Some(label) => label(req),
+            None => Label::of_request_id(req),
+        }
+    }
+
+    /// Waits until this worker holds no connection, upgraded ones included.
+    async fn all_closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.slot.connections() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
 }
 
 /// How long a draining worker keeps idle connections open so that requests already on their way (and
@@ -355,13 +437,23 @@ fn drain_linger(settings: &Settings) -> Duration {
     settings.keepalive.min(Duration::from_secs(1))
 }
 
-async fn serve(
+async fn serve<S, B>(
     listeners: Vec<TcpListener>,
-    service: Arc<dyn Service>,
+    service: S,
     serving: Serving<'_>,
     mut signals: StopSignals,
-) -> Stop {
+    hooks: &Hooks,
+) -> Stop
+where
+    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let Serving { board, slot, settings, limit, master_pipe } = serving;
+    // Without a master to kill it at its drain deadline, a single process stops waiting by itself.
+    let alone = master_pipe.is_none();
     let mut builder = http1::Builder::new();
     // No timer in hyper: its header read timeout arms and drops a boxed timer for every request. The
     // same deadline is kept per connection instead (`close_on_head_timeout`).
@@ -374,13 +466,12 @@ async fn serve(
         builder.max_headers(settings.limits.request_fields);
     }
     let (stop_accepting, stop_rx) = watch::channel(false);
-    let conn = Arc::new(Conn {
-        service,
+    let shared = Arc::new(Shared {
         board,
         slot,
         peer_silence: 2 * settings.heartbeat_interval(),
-        closed: tokio::sync::Notify::new(),
-        spent: tokio::sync::Notify::new(),
+        closed: Arc::new(Notify::new()),
+        spent: Notify::new(),
         builder,
         head_timeout: settings.header_timeout(),
         limits: settings.limits,
@@ -388,57 +479,70 @@ async fn serve(
         limit,
         draining: AtomicBool::new(false),
         stop_accepting,
+        shutdown: watch::Sender::new(false),
         master_pipe,
+        hooks: hooks.clone(),
     });
-    let graceful = Arc::new(GracefulShutdown::new());
     let loops: Vec<_> = listeners
         .into_iter()
-        .map(|l| tokio::spawn(accept_loop(l, conn.clone(), graceful.clone(), stop_rx.clone())))
+        .map(|l| tokio::spawn(accept_loop(l, shared.clone(), service.clone(), stop_rx.clone())))
         .collect();
     let stop = signals.wait().await;
     if let Stop::Immediate = stop {
         return stop;
     }
     slot.set_state(SlotState::Draining);
-    conn.draining.store(true, Ordering::Relaxed);
+    shared.draining.store(true, Ordering::Relaxed);
+    DRAINING.send_replace(true);
     tracing::info!(in_flight = slot.view().in_flight, "worker draining");
-    let _ = conn.stop_accepting.send(true);
+    let _ = shared.stop_accepting.send(true);
     for l in loops {
         let _ = l.await;
     }
-    // The accept loops have returned and dropped their references.
-    let Ok(graceful) = Arc::try_unwrap(graceful) else { return Stop::Graceful };
     // Closing an idle keep-alive connection races with a request the client may be sending on it. Busy
     // connections close themselves after their next response (`Connection: close`); only what stays idle
-    // through the linger is closed by the graceful shutdown.
+    // through the linger is closed by the graceful shutdown. Responses still streaming and upgraded
+    // connections are waited for: the master kills the worker at its drain deadline (`graceful_timeout`),
+    // naming what was still in flight, and the kernel closes what it held.
     let drained = async {
-        if graceful.count() > 0 {
+        if slot.connections() > 0 {
             tokio::time::sleep(drain_linger(settings)).await;
         }
-        graceful.shutdown().await
+        shared.shutdown.send_replace(true);
+        shared.all_closed().await
+    };
+    let deadline = async {
+        if alone { tokio::time::sleep(settings.graceful_timeout).await } else { std::future::pending().await }
     };
     // A second TERM, or INT/QUIT, while draining ends the wait.
     tokio::select! {
         _ = drained => tracing::info!("worker drained"),
+        _ = deadline => tracing::warn!(
+            connections = slot.connections(),
+            in_flight = slot.view().in_flight,
+            "graceful_timeout reached: closing the connections still open"
+        ),
         _ = signals.wait() => tracing::warn!("worker stopped before its connections drained"),
     }
     Stop::Graceful
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    conn: Arc<Conn>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn accept_loop<S, B>(listener: TcpListener, shared: Arc<Shared>, service: S, mut stop: watch::Receiver<bool>)
+where
+    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break,
             // `accept` is cancellation-safe: a connection not taken yet stays queued for whoever's turn it is.
-            _ = conn.spent.notified() => continue,
-            accepted = async { conn.wait_turn().await; listener.accept().await } => match accepted {
-                Ok((stream, peer)) => spawn_connection(stream, peer, &conn, &graceful),
+            _ = shared.spent.notified() => continue,
+            accepted = async { shared.wait_turn().await; listener.accept().await } => match accepted {
+                Ok((stream, peer)) => spawn_connection(stream, peer, &shared, &service),
                 Err(error) => accept_failed(error).await,
             },
         }
@@ -448,15 +552,15 @@ async fn accept_loop(
     let Ok(listener) = listener.into_std() else { return };
     while let Ok((stream, peer)) = listener.accept() {
         if stream.set_nonblocking(true).is_ok()
-            && let Ok(stream) = tokio::net::TcpStream::from_std(stream)
+            && let Ok(stream) = TcpStream::from_std(stream)
         {
-            spawn_connection(stream, peer, &conn, &graceful);
+            spawn_connection(stream, peer, &shared, &service);
         }
     }
 }
 
-/// Whether a parsed request exceeds the head limits, and which.
-fn refusal(limits: &Limits, req: &Request) -> Option<Refusal> {
+/// Whether a parsed request breaks the head limits, and which.
+pub(crate) fn refusal(limits: &Limits, req: &Request) -> Option<Refusal> {
     if limits.request_line > 0 {
         let uri = req.uri();
         let target = match (uri.scheme_str(), uri.authority()) {
@@ -489,56 +593,208 @@ async fn accept_failed(error: std::io::Error) {
     }
 }
 
-fn spawn_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: &Arc<Conn>, graceful: &GracefulShutdown) {
+fn spawn_connection<S, B>(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, service: &S)
+where
+    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let _ = stream.set_nodelay(true);
-    let open = conn.slot.connection_opened();
-    let ctx = conn.clone();
-    let closing = conn.clone();
+    let stream = TrackedStream { stream, open: Some(shared.slot.connection_opened()), closed: shared.closed.clone() };
+    let ctx = shared.clone();
+    let service = service.clone();
     let waiting = Arc::new(HeadWait::new());
     let wait = waiting.clone();
-    let service = hyper::service::service_fn(move |mut req: Request| {
+    let handler = hyper::service::service_fn(move |mut req: Request| {
         wait.head_arrived();
         let refusal = refusal(&ctx.limits, &req);
-        if let Some(refusal) = refusal {
-            req.extensions_mut().insert(refusal);
-        }
-        // Shared, not copied: the method and URI only need to outlive `call` for the scoreboard.
-        let (method, uri) = (req.method().clone(), req.uri().clone());
-        let Call { label, response } = ctx.service.call(req, peer);
-        let guard = ctx.slot.request_started(method.as_str(), uri.path(), label.as_str(), sys::monotonic_ns());
-        let ctx = ctx.clone();
-        let wait = wait.clone();
+        req.extensions_mut().insert(PeerAddr(peer));
+        let label = ctx.label(&mut req);
+        let guard =
+            ctx.slot.request_started(req.method().as_str(), req.uri().path(), label.as_str(), sys::monotonic_ns());
+        let answered = match refusal {
+            Some(refusal) if !ctx.hooks.service_answers_refusals => Err(refusal.response()),
+            Some(refusal) => {
+                req.extensions_mut().insert(refusal);
+                Ok(req)
+            }
+            None => Ok(req),
+        };
+        let mut service = service.clone();
+        let done = Done { guard: Some(guard), wait: wait.clone(), shared: ctx.clone() };
         async move {
-            let mut response = response.await;
-            drop(guard);
-            wait.answered();
+            let mut response = match answered {
+                Ok(req) => match call(&mut service, req).await {
+                    Ok(response) => response.map(Either::Left),
+                    Err(error) => return Err(Failed(error)),
+                },
+                Err(response) => response.map(Either::Right),
+            };
             // Like gunicorn, a refused request ends its connection: what follows it may not be framed as the
             // client meant.
-            if refusal.is_some() || ctx.draining.load(Ordering::Relaxed) {
+            if refusal.is_some() || done.shared.draining.load(Ordering::Relaxed) {
                 response
                     .headers_mut()
                     .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
             }
-            ctx.check_limit();
-            Ok::<_, Infallible>(response)
+            Ok::<_, Failed>(response.map(|body| TrackedBody { body, done: Some(done) }))
         }
     });
-    let connection = conn.builder.serve_connection(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection);
-    let head_timeout = conn.head_timeout;
+    let connection = shared.builder.serve_connection(TokioIo::new(stream), handler).with_upgrades();
+    let head_timeout = shared.head_timeout;
+    let mut shutdown = shared.shutdown.subscribe();
     tokio::spawn(async move {
-        tokio::select! {
-            biased;
-            ended = connection => if let Err(error) = ended {
-                tracing::debug!(error = %error, peer = %peer, "connection ended with an error");
-            },
-            () = close_on_head_timeout(&waiting, head_timeout) => {
-                tracing::debug!(peer = %peer, "connection closed: no request head within the header timeout");
+        let mut connection = std::pin::pin!(connection);
+        let mut shutting_down = false;
+        loop {
+            tokio::select! {
+                biased;
+                ended = connection.as_mut() => {
+                    if let Err(error) = ended {
+                        tracing::debug!(error = %error, peer = %peer, "connection ended with an error");
+                    }
+                    break;
+                }
+                () = close_on_head_timeout(&waiting, head_timeout) => {
+                    tracing::debug!(peer = %peer, "connection closed: no request head within the header timeout");
+                    break;
+                }
+                _ = shutdown.wait_for(|s| *s), if !shutting_down => {
+                    shutting_down = true;
+                    connection.as_mut().graceful_shutdown();
+                }
             }
         }
-        drop(open);
-        closing.closed.notify_waiters();
     });
+}
+
+/// Why a service or a response body failed. hyper logs it and closes the connection.
+#[derive(Debug)]
+struct Failed(BoxError);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+/// Calls a tower service once it is ready.
+async fn call<S, B>(service: &mut S, req: Request) -> Result<hyper::Response<B>, BoxError>
+where
+    S: tower_service::Service<Request, Response = hyper::Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    if let Err(error) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+        return Err(error.into());
+    }
+    match service.call(req).await {
+        Ok(response) => Ok(response),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// A client connection's socket. It holds the connection's place in the scoreboard, wherever it goes: an
+/// HTTP/1.1 upgrade hands it to the application, and the connection counts until the application drops it.
+struct TrackedStream {
+    stream: TcpStream,
+    open: Option<ConnectionGuard>,
+    closed: Arc<Notify>,
+}
+
+impl Drop for TrackedStream {
+    fn drop(&mut self) {
+        // The count first, then the wake-up: whoever wakes must see the connection gone.
+        drop(self.open.take());
+        self.closed.notify_waiters();
+    }
+}
+
+impl AsyncRead for TrackedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TrackedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The end of a request's exchange, when its response body has been sent (or dropped): the in-flight entry
+/// is released, the connection starts waiting for the next head, and the request budget is checked.
+struct Done {
+    guard: Option<RequestGuard>,
+    wait: Arc<HeadWait>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.wait.answered();
+        self.shared.check_limit();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its request's exchange ([`Done`]) once it has yielded its last frame or
+    /// is dropped.
+    struct TrackedBody<B> {
+        #[pin]
+        body: B,
+        done: Option<Done>,
+    }
+}
+
+impl<B> Body for TrackedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = Failed;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Failed>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            drop(this.done.take());
+        }
+        polled.map(|frame| frame.map(|f| f.map_err(|e| Failed(e.into()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Since when a connection has been waiting for its next request head (monotonic nanoseconds), or
@@ -557,7 +813,7 @@ impl HeadWait {
         self.0.store(HeadWait::ANSWERING, Ordering::Relaxed);
     }
 
-    /// The response is out: waiting for the next request head from now.
+    /// The response body is out: waiting for the next request head from now.
     fn answered(&self) {
         self.0.store(sys::monotonic_ns(), Ordering::Relaxed);
     }
@@ -573,8 +829,8 @@ impl HeadWait {
 /// `keepalive`, or a client that never finishes its headers (slowloris). The connection's task then drops
 /// the connection, as hyper does when its own header read timeout fires. One timer per connection, moved
 /// only when it fires, instead of hyper's, which is armed and dropped again for every request. The wait
-/// starts when a response is handed to hyper rather than when hyper has written it, so a client that takes
-/// longer than `timeout` to read a response is closed as well.
+/// starts when the response body has been handed over to the last frame ([`TrackedBody`]), so a response
+/// that streams for longer than `timeout` is never cut.
 async fn close_on_head_timeout(wait: &HeadWait, timeout: Duration) {
     let mut sleep = std::pin::pin!(tokio::time::sleep(timeout));
     loop {

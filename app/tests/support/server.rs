@@ -1,15 +1,15 @@
 //! Serves the app in-process: a tokio runtime on its own threads, a listener on a free loopback port, and
-//! hyper's HTTP/1 connection driver calling the app's `Service` the way the supervisor's worker runtime does
-//! (`call`, whose label the worker records in its scoreboard). Dropping the server shuts the runtime down.
+//! hyper's HTTP/1 connection driver calling the app's tower service the way the supervisor's worker runtime
+//! does (the peer address in the request's extensions, the app's label hook first). Dropping the server
+//! shuts the runtime down.
 
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use supervisor::{BootError, Service, WorkerApp};
+use supervisor::{BootError, PeerAddr};
+use tower_service::Service;
 
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`.
@@ -29,7 +29,7 @@ impl TestServer {
             .enable_all()
             .build()
             .expect("building the runtime");
-        let service: Arc<dyn Service> = runtime.block_on(app::App::new(config).boot())?;
+        let service = runtime.block_on(app::App::boot(config, app::Metrics::private()))?;
         let listener =
             runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("binding the test listener");
         let base = format!("http://{}", listener.local_addr().expect("local address"));
@@ -40,9 +40,10 @@ impl TestServer {
                 };
                 let service = service.clone();
                 tokio::spawn(async move {
-                    let handler = service_fn(move |req| {
-                        let response = service.call(req, peer).response;
-                        async move { Ok::<_, Infallible>(response.await) }
+                    let handler = service_fn(move |mut req| {
+                        req.extensions_mut().insert(PeerAddr(peer));
+                        app::label(&mut req);
+                        service.clone().call(req)
                     });
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await;
                 });

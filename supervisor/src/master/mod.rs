@@ -22,13 +22,12 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use self::state::{Action, Board, Event, ExitHow, Phase, Policy, Sig, State};
 use crate::listen::Listeners;
 use crate::scoreboard::{Scoreboard, SlotView};
-use crate::service::WorkerApp;
-use crate::worker::{self, WorkerStart};
+use crate::worker::{self, Boot, WorkerStart};
 use crate::{MasterError, Settings, sys, systemd};
 
 /// Re-reads the configuration for a reload (HUP): the new settings and the application to run with them.
 /// Called in the master; it must not start threads or a runtime.
-pub type Reloader = Box<dyn FnMut() -> Result<(Settings, Arc<dyn WorkerApp>), String>>;
+pub(crate) type Reloader = Box<dyn FnMut() -> Result<(Settings, Arc<dyn Boot>), String>>;
 
 impl Board for Scoreboard {
     fn view(&self, slot: usize) -> SlotView {
@@ -49,7 +48,7 @@ const MASTER_SIGNALS: [Signal; 9] = [
 ];
 
 /// Runs the master until it stops, returning the process exit code (0 stopped, 3 no worker could boot).
-pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> Result<i32, MasterError> {
+pub(crate) fn run(settings: Settings, app: Arc<dyn Boot>, reloader: Reloader) -> Result<i32, MasterError> {
     let (upgrade_from, activated) = match upgrade::predecessor().map_err(MasterError::Inherit)? {
         Some((pid, listeners)) => (Some(pid), Some(listeners)),
         None => (None, systemd::activated_listeners().map_err(MasterError::Inherit)?),
@@ -106,7 +105,7 @@ pub fn run(settings: Settings, app: Arc<dyn WorkerApp>, reloader: Reloader) -> R
 /// What the workers of one generation run with.
 struct Generation {
     settings: Arc<Settings>,
-    app: Arc<dyn WorkerApp>,
+    app: Arc<dyn Boot>,
     /// The master's copies of this generation's listening sockets, duplicated into each of its workers.
     /// Dropped with the generation, or when a stop begins.
     listeners: Listeners,

@@ -97,7 +97,8 @@ impl Policy {
     pub fn of(settings: &crate::Settings) -> Policy {
         let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Policy {
-            workers: settings.workers,
+            // 0 asks for a single process, which a running master cannot become: one worker.
+            workers: settings.workers.max(1),
             timeout: nanos(settings.timeout),
             heartbeat: nanos(settings.heartbeat_interval()),
             graceful_timeout: nanos(settings.graceful_timeout),

@@ -1,7 +1,7 @@
 //! The request pipeline around every handler, in order:
 //!
-//! 1. `call`: assign the request id (returned as the request's label: the supervisor records it in the
-//!    scoreboard so a hung request can be named).
+//! 1. [`label`] (the server's label hook, before the request reaches the service): assign the request id,
+//!    which the supervisor records in the scoreboard so a hung request can be named.
 //! 2. `handle`, in the `request` span carrying the id: answer CORS preflights; route; run the handler
 //!    under the per-request deadline (504) with panics caught (500); render errors in the contract.
 //! 3. On the way out, still in the span: CORS headers and `X-Request-ID` on every response, and one
@@ -11,6 +11,7 @@
 //! logs are on.
 
 use std::any::Any;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
@@ -28,80 +29,75 @@ use crate::config::{Config, TrustedProxies};
 use crate::cors::Cors;
 use crate::db::Db;
 use crate::error::ApiError;
+use crate::handler::Reply;
+use crate::http::{Request, Response};
 use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
 use crate::request_id::{self, RequestId};
-use crate::routes::{self, Matched, Reply};
+use crate::routes::{self, Matched};
 use crate::state::State;
-use supervisor::{BootError, BoxFuture, Call, Label, Request, Response, Service, WorkerApp};
+use supervisor::{BootError, Label, PeerAddr};
 
-/// The application as the binary hands it to the supervisor. Holds only configuration: everything that
-/// touches tokio or the network is built in [`WorkerApp::boot`], inside each worker.
+/// The application as every worker serves it: a tower service over the worker's requests, cheap to clone
+/// (one shared state per worker).
+#[derive(Clone)]
 pub struct App {
-    config: Config,
-    metrics: Metrics,
-}
-
-impl App {
-    /// An app counting its metrics in this process only.
-    pub fn new(config: Config) -> App {
-        App::with_metrics(config, Metrics::private())
-    }
-
-    /// An app counting into `metrics`; pass [`Metrics::shared`] (allocated once, before the server starts)
-    /// so that every worker and every generation count into the same memory.
-    pub fn with_metrics(config: Config, metrics: Metrics) -> App {
-        App { config, metrics }
-    }
-}
-
-impl WorkerApp for App {
-    fn boot(&self) -> BoxFuture<Result<Arc<dyn Service>, BootError>> {
-        let config = self.config.clone();
-        let metrics = self.metrics;
-        Box::pin(async move {
-            // Request ids drawn in this process must not follow a sequence another process also holds.
-            request_id::reseed();
-            if !config.debug_boot_delay.is_zero() {
-                tracing::info!(
-                    delay_ms = config.debug_boot_delay.as_millis() as u64,
-                    "boot delayed (debug_boot_delay)"
-                );
-                tokio::time::sleep(config.debug_boot_delay).await;
-            }
-            if let Some(path) = &config.debug_fail_boot_file
-                && path.exists()
-            {
-                return Err(BootError(format!("boot refused: debug_fail_boot_file {} exists", path.display())));
-            }
-            let db = Db::new(&config.database).map_err(BootError)?;
-            tracing::info!(
-                database = db.configured(),
-                pool_size = config.database.pool_size,
-                env = %config.env,
-                "app booted"
-            );
-            tokio::spawn(publish_pool_status(db.clone()));
-            let state = State {
-                metrics,
-                cors: Cors::new(&config.cors_origins, config.cors_allow_credentials, &routes::cors_methods()),
-                readiness: Readiness::new(db.clone(), config.database.readiness_timeout),
-                db,
-                config,
-            };
-            Ok(Arc::new(AppService { state: Arc::new(state) }) as Arc<dyn Service>)
-        })
-    }
-}
-
-struct AppService {
     state: Arc<State>,
 }
 
-impl Service for AppService {
-    fn call(&self, req: Request, peer: SocketAddr) -> Call {
-        let id = RequestId::from_headers(req.headers());
-        Call { label: Label::new(id.as_str()), response: Box::pin(handle(self.state.clone(), req, peer, id)) }
+impl App {
+    /// Builds the app in a worker, after fork, on the worker's runtime: the lazy database pool, readiness,
+    /// CORS. `metrics` is where it counts: [`Metrics::shared`], allocated once before the server starts, so
+    /// that every worker and every generation count into the same memory.
+    pub async fn boot(config: Config, metrics: Metrics) -> Result<App, BootError> {
+        // Request ids drawn in this process must not follow a sequence another process also holds.
+        request_id::reseed();
+        if !config.debug_boot_delay.is_zero() {
+            tracing::info!(delay_ms = config.debug_boot_delay.as_millis() as u64, "boot delayed (debug_boot_delay)");
+            tokio::time::sleep(config.debug_boot_delay).await;
+        }
+        if let Some(path) = &config.debug_fail_boot_file
+            && path.exists()
+        {
+            return Err(BootError(format!("boot refused: debug_fail_boot_file {} exists", path.display())));
+        }
+        let db = Db::new(&config.database).map_err(BootError)?;
+        tracing::info!(database = db.configured(), pool_size = config.database.pool_size, env = %config.env, "app booted");
+        tokio::spawn(publish_pool_status(db.clone()));
+        let state = State {
+            metrics,
+            cors: Cors::new(&config.cors_origins, config.cors_allow_credentials, &routes::cors_methods()),
+            readiness: Readiness::new(db.clone(), config.database.readiness_timeout),
+            db,
+            config,
+        };
+        Ok(App { state: Arc::new(state) })
+    }
+}
+
+/// The request's label in the worker's scoreboard: its request id (the client's `X-Request-ID` when valid,
+/// else a new one), kept in the request for the app to answer with. Set as the server's label hook.
+pub fn label(req: &mut Request) -> Label {
+    let id = RequestId::from_headers(req.headers());
+    let label = Label::new(id.as_str());
+    req.extensions_mut().insert(id);
+    label
+}
+
+impl tower_service::Service<Request> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let id = req.extensions_mut().remove::<RequestId>().unwrap_or_else(|| RequestId::from_headers(req.headers()));
+        let peer = req.extensions().get::<PeerAddr>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0);
+        let response = handle(self.state.clone(), req, peer, id);
+        Box::pin(async move { Ok(response.await) })
     }
 }
 

@@ -1,0 +1,392 @@
+//! [`Server`]: the entry point that runs a service under the supervisor, with the whole command line.
+//!
+//! `main` parses the command line (the subcommands, `--config`, one flag per declared setting), resolves
+//! the settings (flag > environment > file > default), and then serves, checks the configuration, probes a
+//! URL, or runs one of the application's own commands. The exit-code policy is here, in one place:
+//!
+//! - 0: stopped cleanly, or a one-shot command succeeded;
+//! - 1: a runtime failure (an address cannot be bound, a command or a health check failed);
+//! - 2: bad configuration or usage, before anything was started;
+//! - 3: no worker could boot at startup.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::body::Body;
+
+use crate::config::{AppSettings, ConfigError, Layers, Resolved, docs};
+use crate::service::{BoxError, Label, Request};
+use crate::worker::{Boot, Hooks, Worker};
+use crate::{BootError, Settings};
+
+/// Exit code: stopped cleanly, or a one-shot command succeeded.
+const EXIT_OK: u8 = 0;
+/// Exit code: a runtime failure.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code: bad configuration or usage.
+const EXIT_CONFIG: u8 = 2;
+
+/// A service run under the supervisor: a master that binds the listeners and forks workers, each of which
+/// builds the service with the boot function and serves it. See the crate documentation for an example.
+///
+/// The boot function runs in every worker, after fork, on the worker's tokio runtime (once per worker, and
+/// again in every worker of a new generation after a reload). Everything that starts threads, opens
+/// connections or touches tokio belongs there, never before [`Server::main`]: the master forks, and a
+/// process that forks must not have started a runtime.
+pub struct Server<C: AppSettings = ()> {
+    launch: Arc<dyn Fn(C, Hooks) -> Arc<dyn Boot> + Send + Sync>,
+    hooks: Hooks,
+    name: Option<String>,
+    about: Option<String>,
+    version: String,
+    commands: Vec<AppCommand<C>>,
+}
+
+/// A one-shot command of the application's, run with the resolved settings.
+struct AppCommand<C> {
+    name: &'static str,
+    about: &'static str,
+    run: CommandFn<C>,
+}
+
+/// What an [`AppCommand`] runs.
+type CommandFn<C> = Box<dyn Fn(&Settings, &C) -> Result<(), BoxError>>;
+
+impl Server<()> {
+    /// A server whose workers serve what `boot` builds: any tower service over [`Request`]s (an axum
+    /// `Router`, a tower stack, a hyper service through [`crate::from_hyper`]) whose responses have any
+    /// body of [`Bytes`].
+    pub fn new<F, Fut, S, B>(boot: F) -> Server<()>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, BootError>> + Send + 'static,
+        S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Server::with_settings(move |()| boot())
+    }
+}
+
+impl<C: AppSettings> Server<C> {
+    /// A server whose workers serve what `boot` builds from the application's settings `C`, which are read
+    /// from the same file, environment and flags as the supervisor's (see [`AppSettings`]).
+    pub fn with_settings<F, Fut, S, B>(boot: F) -> Server<C>
+    where
+        F: Fn(C) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, BootError>> + Send + 'static,
+        S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let boot = Arc::new(boot);
+        Server {
+            launch: Arc::new(move |config, hooks| Arc::new(Launch { config, boot: boot.clone(), hooks })),
+            hooks: Hooks { label: None, service_answers_refusals: false },
+            name: None,
+            about: None,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            commands: Vec::new(),
+        }
+    }
+
+    /// The program's name in `--help` (default: the name it was started as).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A sentence about the program for `--help`.
+    pub fn about(mut self, about: impl Into<String>) -> Self {
+        self.about = Some(about.into());
+        self
+    }
+
+    /// The program's version, for `--version` and the startup log (default: the supervisor crate's).
+    /// Pass `env!("CARGO_PKG_VERSION")`.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// How a request is labelled in the scoreboard, where the master reads it to name the requests of a
+    /// worker that hangs or dies. Runs in the worker for every request, before the service sees it, and may
+    /// add to the request (for example the request id it chose, as an extension). Default: the
+    /// `X-Request-ID` header, when the client sent one.
+    pub fn label(mut self, label: impl Fn(&mut Request) -> Label + Send + Sync + 'static) -> Self {
+        self.hooks.label = Some(Arc::new(label));
+        self
+    }
+
+    /// Requests that break a head limit or the `Host` rules go to the service, with the
+    /// [`crate::Refusal`] in their extensions, for it to answer in its own format (the worker still closes
+    /// the connection afterwards). Default: the worker answers them itself ([`crate::Refusal::response`]).
+    pub fn answer_refusals(mut self) -> Self {
+        self.hooks.service_answers_refusals = true;
+        self
+    }
+
+    /// Adds a one-shot subcommand, `NAME`, run with the resolved settings after logging is set up (to
+    /// standard output): for example the application's database migrations. An error is logged and exits 1.
+    /// It runs in the process that parsed the command line, before any fork: it may build a runtime.
+    pub fn command(
+        mut self,
+        name: &'static str,
+        about: &'static str,
+        run: impl Fn(&Settings, &C) -> Result<(), BoxError> + 'static,
+    ) -> Self {
+        self.commands.push(AppCommand { name, about, run: Box::new(run) });
+        self
+    }
+
+    /// Parses the command line and runs what it asks for; returns the process exit code.
+    pub fn main(self) -> ExitCode {
+        let code = self.run(std::env::args_os());
+        crate::logging::flush_before_exit();
+        ExitCode::from(code)
+    }
+
+    fn run(self, args: impl IntoIterator<Item = OsString>) -> u8 {
+        let args: Vec<OsString> = args.into_iter().collect();
+        let matches = match self.cli(&args).try_get_matches_from(&args) {
+            Ok(matches) => matches,
+            Err(error) => {
+                // Help and version go to stdout with 0, usage errors to stderr with 2.
+                let _ = error.print();
+                return u8::try_from(error.exit_code()).unwrap_or(EXIT_CONFIG);
+            }
+        };
+        let inputs = Inputs {
+            path: matches.get_one::<PathBuf>("config").cloned(),
+            flags: (docs::specs::<C>().into_iter().filter(|s| s.flag.is_some()))
+                .filter_map(|s| {
+                    let values: Vec<&String> = matches.get_many::<String>(s.key)?.collect();
+                    Some((s.key, values.into_iter().cloned().collect::<Vec<_>>().join(",")))
+                })
+                .collect(),
+        };
+        let command = matches.subcommand_name().unwrap_or("serve");
+        if command == "healthcheck" {
+            let sub = matches.subcommand_matches("healthcheck").expect("the healthcheck subcommand");
+            return crate::healthcheck::probe(sub.get_one::<String>("url").expect("a default URL"));
+        }
+        let config = match inputs.resolve::<C>() {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("{}: {error}", self.display_name(&args));
+                return EXIT_CONFIG;
+            }
+        };
+        match command {
+            "check" => {
+                for r in &config.report {
+                    println!("{} = {}    # {}", r.key, r.shown, r.source);
+                }
+                for warning in config.app.warnings(&config.settings) {
+                    println!("# warning: {warning}");
+                }
+                EXIT_OK
+            }
+            "serve" => self.serve(config, inputs),
+            name => {
+                let command = self.commands.iter().find(|c| c.name == name).expect("a declared subcommand");
+                let log = crate::logging::LogSettings { file: None, ..config.settings.log.clone() };
+                if let Err(error) = crate::logging::init(&log) {
+                    eprintln!("{}: cannot set up logging: {error}", self.display_name(&args));
+                    return EXIT_FAILURE;
+                }
+                match (command.run)(&config.settings, &config.app) {
+                    Ok(()) => EXIT_OK,
+                    Err(error) => {
+                        tracing::error!(command = name, error = %error, "command failed");
+                        EXIT_FAILURE
+                    }
+                }
+            }
+        }
+    }
+
+    fn serve(self, config: Resolved<C>, inputs: Inputs) -> u8 {
+        if let Err(error) = crate::logging::init(&config.settings.log) {
+            eprintln!("cannot set up logging: {error}");
+            return EXIT_FAILURE;
+        }
+        // A panic is logged as one JSON line (with the request's span fields when it happens in a request),
+        // instead of Rust's plain-text message on stderr.
+        std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
+        tracing::info!(
+            version = self.version,
+            config = inputs.path.as_ref().map(|p| p.display().to_string()),
+            settings = %config.summary(),
+            "effective settings"
+        );
+        for warning in config.app.warnings(&config.settings) {
+            tracing::warn!(warning = %warning, "configuration warning");
+        }
+        let boot = (self.launch)(config.app.clone(), self.hooks.clone());
+        let settings = config.settings.clone();
+        let result = if settings.workers == 0 {
+            crate::worker::serve_in_process(&settings, boot)
+        } else {
+            let launch = self.launch.clone();
+            let hooks = self.hooks.clone();
+            let running = config;
+            let reloader: crate::master::Reloader = Box::new(move || {
+                let config = inputs.resolve::<C>().map_err(|e| e.to_string())?;
+                tracing::info!(settings = %config.summary(), "reloaded settings");
+                let ignored = running.needs_restart(&config);
+                if !ignored.is_empty() {
+                    tracing::warn!(keys = %ignored.join(", "), "changed settings that only a restart applies: ignored");
+                }
+                Ok((config.settings, launch(config.app, hooks.clone())))
+            });
+            crate::master::run(settings, boot, reloader)
+        };
+        match result {
+            Ok(code) => u8::try_from(code).unwrap_or(EXIT_FAILURE),
+            Err(error) => {
+                tracing::error!(error = %error, "cannot start");
+                eprintln!("cannot start: {error}");
+                EXIT_FAILURE
+            }
+        }
+    }
+
+    /// The command line: the subcommands, `--config`, and one flag per declared setting that has one.
+    fn cli(&self, args: &[OsString]) -> clap::Command {
+        use clap::{Arg, ArgAction, Command};
+        let about = self.about.clone().unwrap_or_else(|| {
+            "A prefork HTTP server. Flags beat the environment, which beats the config file.".to_string()
+        });
+        let mut cli = Command::new(self.display_name(args))
+            .about(about)
+            .version(self.version.clone())
+            .arg(
+                Arg::new("config")
+                    .long("config")
+                    .short('c')
+                    .global(true)
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("Config file (TOML)."),
+            )
+            .subcommand(Command::new("serve").about("Serve (the default)."))
+            .subcommand(
+                Command::new("check")
+                    .about("Validate the configuration and print the effective settings with their sources."),
+            )
+            .subcommand(
+                Command::new("healthcheck")
+                    .about("Exit 0 if GET URL answers 2xx (for container health checks).")
+                    .arg(Arg::new("url").default_value("http://127.0.0.1:8000/healthz").help("URL to probe.")),
+            );
+        for command in &self.commands {
+            cli = cli.subcommand(Command::new(command.name).about(command.about));
+        }
+        for s in docs::specs::<C>() {
+            let Some(flag) = s.flag else { continue };
+            let arg = Arg::new(s.key).long(flag).global(true).value_name("VALUE").help(s.doc);
+            let arg = if let Some(short) = s.short { arg.short(short) } else { arg };
+            let arg = if let Some((_, alias)) = s.alias { arg.visible_alias(alias) } else { arg };
+            // A list flag may be repeated (`--bind a --bind b`) as well as comma-separated.
+            cli = cli.arg(if s.kind == crate::config::Kind::List { arg.action(ArgAction::Append) } else { arg });
+        }
+        cli
+    }
+
+    fn display_name(&self, args: &[OsString]) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            (args.first().map(std::path::Path::new))
+                .and_then(|p| p.file_name())
+                .map_or_else(|| "server".to_string(), |n| n.to_string_lossy().into_owned())
+        })
+    }
+}
+
+/// What the command line says about the configuration: the file, and the setting flags by key.
+struct Inputs {
+    path: Option<PathBuf>,
+    flags: BTreeMap<&'static str, String>,
+}
+
+impl Inputs {
+    /// The layers read now (the file, this process's environment, the flags), resolved.
+    fn resolve<C: AppSettings>(&self) -> Result<Resolved<C>, ConfigError> {
+        let specs = docs::specs::<C>();
+        let layers = Layers::new(
+            self.path.as_deref(),
+            &specs,
+            &docs::sections::<C>(),
+            |name| std::env::var(name).ok(),
+            self.flags.clone(),
+        )?;
+        Resolved::from_layers(&layers, crate::cpus::usable_cpus())
+    }
+}
+
+/// One generation's application: its settings and the boot function, behind [`Boot`] so that the master
+/// holds it without knowing the service's type.
+struct Launch<C, F> {
+    config: C,
+    boot: Arc<F>,
+    hooks: Hooks,
+}
+
+impl<C, F, Fut, S, B> Boot for Launch<C, F>
+where
+    C: AppSettings,
+    F: Fn(C) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<S, BootError>> + Send + 'static,
+    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn boot_and_serve<'a>(&'a self, worker: Worker<'a>) -> Pin<Box<dyn Future<Output = i32> + 'a>> {
+        Box::pin(crate::worker::boot_and_serve((self.boot)(self.config.clone()), worker, &self.hooks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> Server<()> {
+        Server::new(|| async {
+            Ok(crate::from_hyper(hyper::service::service_fn(|_| async {
+                Ok::<_, BoxError>(hyper::Response::new(http_body_util::Empty::<Bytes>::new()))
+            })))
+        })
+    }
+
+    #[test]
+    fn the_command_line_has_a_flag_per_top_level_setting() {
+        let cli = server().command("migrate", "Apply the migrations.", |_, _| Ok(())).cli(&["prog".into()]);
+        cli.clone().debug_assert();
+        for s in crate::settings::SETTINGS {
+            assert!(cli.get_arguments().any(|a| a.get_id() == s.key), "{}", s.key);
+        }
+        let matches = cli.try_get_matches_from(["prog", "migrate", "--worker-connections", "5", "-w", "3"]).unwrap();
+        assert_eq!(matches.subcommand_name(), Some("migrate"));
+        assert_eq!(matches.get_one::<String>("max_connections").map(String::as_str), Some("5"));
+        assert_eq!(matches.get_one::<String>("workers").map(String::as_str), Some("3"));
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_help_exits_0() {
+        assert_eq!(server().run(["prog".into(), "--no-such-flag".into()]), EXIT_CONFIG);
+        assert_eq!(server().run(["prog".into(), "--version".into()]), EXIT_OK);
+        assert_eq!(server().run(["prog".into(), "check".into(), "--timeout".into(), "0".into()]), EXIT_CONFIG);
+    }
+}
