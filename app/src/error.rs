@@ -141,8 +141,8 @@ impl ApiError {
             .with_details(json!({ "limit_bytes": limit_bytes }))
     }
 
-    /// A request the worker refused for a head limit (`limit_request_*`: 414 or 431, with the limit in the
-    /// details).
+    /// A request the worker refused: a head limit (`limit_request_*`: 414 or 431, with the limit in the
+    /// details), or the `Host` rules of RFC 9112 (400).
     pub fn refused(refusal: supervisor::Refusal) -> Self {
         use supervisor::Refusal;
         let (code, message, limit) = match refusal {
@@ -156,6 +156,9 @@ impl ApiError {
             ),
             Refusal::HeaderFieldTooLarge { limit } => {
                 (ErrorCode::RequestHeaderFieldsTooLarge, "a header field is longer than the server accepts", limit)
+            }
+            Refusal::MissingHost | Refusal::DuplicateHost | Refusal::InvalidHost => {
+                return ApiError::bad_request(refusal.message());
             }
         };
         ApiError::new(code, message).with_details(json!({ "limit": limit }))

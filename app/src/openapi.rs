@@ -39,9 +39,9 @@ mod tests {
     /// The methods an OpenAPI path item can hold.
     const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
-    /// Statuses the request pipeline can answer whatever the route: head limits (414, 431), a panic (500),
-    /// the request deadline (504).
-    const PIPELINE_STATUSES: [&str; 4] = ["414", "431", "500", "504"];
+    /// Statuses the request pipeline can answer whatever the route: the Host rules (400), head limits (414,
+    /// 431), a panic (500), the request deadline (504).
+    const PIPELINE_STATUSES: [&str; 5] = ["400", "414", "431", "500", "504"];
 
     fn document() -> Value {
         serde_json::from_str(DOCUMENT).expect("app/openapi.json is JSON")

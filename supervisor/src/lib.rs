@@ -43,6 +43,7 @@ pub mod config;
 pub mod cpus;
 pub mod exit;
 mod healthcheck;
+mod host;
 mod listen;
 pub mod logging;
 mod master;

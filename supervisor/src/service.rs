@@ -73,7 +73,8 @@ impl std::fmt::Debug for Label {
     }
 }
 
-/// Why the worker refuses a request it could parse: gunicorn's `limit_request_*`. Heads beyond what the parser accepts at all are refused by hyper itself (431,
+/// Why the worker refuses a request it could parse: gunicorn's `limit_request_*`, and the `Host` rules of
+/// RFC 9112 section 3.2. Heads beyond what the parser accepts at all are refused by hyper itself (431,
 /// connection closed) and never reach the service. The worker answers a refused request itself
 /// ([`Refusal::response`]) and closes the connection, unless the service answers refusals in its own format
 /// ([`crate::Server::answer_refusals`]).
@@ -94,6 +95,12 @@ pub enum Refusal {
         /// `limit_request_field_size`.
         limit: usize,
     },
+    /// An HTTP/1.1 request without a `Host` header (400).
+    MissingHost,
+    /// More than one `Host` header (400).
+    DuplicateHost,
+    /// A `Host` value that is not `host[:port]` (400).
+    InvalidHost,
 }
 
 impl Refusal {
@@ -105,6 +112,7 @@ impl Refusal {
             Refusal::TooManyHeaderFields { .. } | Refusal::HeaderFieldTooLarge { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
+            Refusal::MissingHost | Refusal::DuplicateHost | Refusal::InvalidHost => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -114,6 +122,9 @@ impl Refusal {
             Refusal::RequestLineTooLong { limit } => format!("the request line is longer than {limit} bytes"),
             Refusal::TooManyHeaderFields { limit } => format!("more than {limit} header fields"),
             Refusal::HeaderFieldTooLarge { limit } => format!("a header field is longer than {limit} bytes"),
+            Refusal::MissingHost => "an HTTP/1.1 request must have a Host header".into(),
+            Refusal::DuplicateHost => "a request must have exactly one Host header".into(),
+            Refusal::InvalidHost => "the Host header is not a valid host[:port]".into(),
         }
     }
 

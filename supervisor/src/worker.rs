@@ -559,7 +559,7 @@ where
     }
 }
 
-/// Whether a parsed request breaks the head limits, and which.
+/// Whether a parsed request breaks the head limits or the `Host` rules, and which.
 pub(crate) fn refusal(limits: &Limits, req: &Request) -> Option<Refusal> {
     if limits.request_line > 0 {
         let uri = req.uri();
@@ -582,7 +582,7 @@ pub(crate) fn refusal(limits: &Limits, req: &Request) -> Option<Refusal> {
     if limits.request_field_size > 0 && req.headers().iter().any(too_large) {
         return Some(Refusal::HeaderFieldTooLarge { limit: limits.request_field_size });
     }
-    None
+    crate::host::check(req.version(), req.headers().get_all(hyper::header::HOST))
 }
 
 async fn accept_failed(error: std::io::Error) {
