@@ -41,7 +41,8 @@ pub use conn::{Conn, Response, get, request};
 pub use load::{Load, LoadStats};
 pub use process::{alive, children, cpu_time, established_to, listening_inodes, signal, socket_fds, stat};
 pub use server::{
-    Lines, Server, base_config, config_with, field, migrate, min_ready_after_startup, run_binary, ts_seconds,
+    Lines, Server, base_config, config_with, example_binary, field, migrate, min_ready_after_startup, run_binary,
+    ts_seconds,
 };
 
 /// The path of the `supervisor` binary under test, for the root package's integration tests.

@@ -140,6 +140,20 @@ pub fn run_binary(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     output
 }
 
+/// The path of the root package's example `name` (`examples/NAME.rs`), a server like the binary under test.
+/// `cargo test` builds the examples beside the test binaries (`target/<profile>/examples/`).
+pub fn example_binary(name: &str) -> String {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile = exe.parent().and_then(Path::parent).expect("a test binary lives in target/<profile>/deps/");
+    let path = profile.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: `cargo test` builds the examples (or `cargo build --examples`)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
 /// Runs `<bin> migrate` against the database at `url` (see [`run_binary`]) and returns its output.
 pub fn migrate(bin: &str, url: &str) -> Output {
     run_binary(bin, &["migrate"], &[("DATABASE_URL", url)])
