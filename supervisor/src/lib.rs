@@ -64,6 +64,11 @@ pub use service::{BootError, BoxError, BoxFuture, FromHyper, Label, PeerAddr, Re
 pub use settings::{Limits, Settings};
 pub use worker::draining;
 
+/// docs/library.md, whose `main.rs` is compiled as a doctest so that the page cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/library.md")]
+mod library_md {}
+
 /// `s` cut to at most `limit` bytes on a character boundary, and how many bytes were left out.
 pub(crate) fn cut_at(s: &str, limit: usize) -> (&str, usize) {
     if s.len() <= limit {

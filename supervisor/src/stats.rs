@@ -26,7 +26,7 @@ pub(crate) fn install(board: Scoreboard, slot: usize) {
 /// exact as one shared set of counters, without the workers' processors taking each other's cache lines
 /// on every addition.
 ///
-/// The memory is mapped before the server starts (not in `WorkerApp::boot`) and shared by every process
+/// The memory is mapped before the server starts (not in the boot function of a worker) and shared by every process
 /// forked afterwards. A shard is never reset: a worker that takes over a slot (a replacement, the next
 /// generation) keeps adding to what its predecessors counted there, so totals never go backwards; two
 /// workers alive at once (two generations during a reload) always hold different slots. Only shards that
