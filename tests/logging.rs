@@ -273,7 +273,7 @@ fn a_worker_retired_by_max_requests_loses_no_log_line() {
         let exits = server.master_logs("worker exited after draining");
         let pids: BTreeSet<i64> = exits
             .iter()
-            .filter(|l| field(l, "reason") == "max_requests")
+            .filter(|l| field(l, "reason") == "recycle_requests")
             .filter_map(|l| l["worker_pid"].as_i64())
             .collect();
         (pids.len() >= 4).then_some(pids)

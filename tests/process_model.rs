@@ -243,7 +243,7 @@ fn ttin_and_ttou_scale_the_workers() {
     wait_for(Duration::from_secs(10), "5 workers", || (server.workers().len() == 5).then_some(()));
     server.signal(SIGTTOU);
     let line = server.wait_log(Duration::from_secs(10), "a worker retired", |l| {
-        field(l, "msg") == "worker exited after draining" && field(l, "reason") == "scale"
+        field(l, "msg") == "worker exited after draining" && field(l, "reason") == "scale_down"
     });
     let retired = line["worker_pid"].as_i64().unwrap() as i32;
     wait_for(Duration::from_secs(5), "4 workers", || (server.workers().len() == 4).then_some(()));

@@ -77,10 +77,14 @@ const HEARTBEAT: usize = 3;
 const REQUESTS: usize = 4;
 const IN_FLIGHT: usize = 5;
 const CONNECTIONS: usize = 6;
+/// Written by the master: the worker's memory as last sampled, in bytes.
+const MEMORY: usize = 7;
 const GAUGES: usize = 8;
 /// Gauges each worker can publish for aggregation (see [`Slot::set_gauge`]).
 pub const GAUGE_COUNT: usize = 4;
-const HEADER_WORDS: usize = GAUGES + GAUGE_COUNT;
+/// Written by the master: when the worker was forked (monotonic nanoseconds).
+const STARTED: usize = GAUGES + GAUGE_COUNT;
+const HEADER_WORDS: usize = STARTED + 1;
 
 /// In-flight requests recorded per worker (more may be in flight; only the count is kept for those).
 pub const ENTRIES: usize = 4;
@@ -97,52 +101,62 @@ const LABEL_MAX: usize = TEXT_WORDS * 8 - METHOD_MAX - PATH_MAX - 2;
 /// Why a worker left, for the restart counters (`supervisor_worker_restarts_total{reason}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestartReason {
-    /// Exited with code 0 on its own.
+    /// Exited with code 0 on its own (nobody asked it to).
     Exit,
-    /// Exited with an error code, or died of a signal other than an outside SIGKILL.
+    /// Exited with an error code, or died of a signal nobody sent it on purpose (a panic that aborted, a
+    /// segmentation fault).
     Crash,
-    /// Killed by a SIGKILL the supervisor did not send (possibly the OOM killer).
+    /// Killed by a signal the supervisor did not send, with no sign of the OOM killer (an operator).
     Killed,
+    /// Killed by the kernel's OOM killer: a SIGKILL the supervisor did not send while the kernel's OOM-kill
+    /// count went up.
+    OomKill,
     /// Heartbeat timeout.
     Timeout,
-    /// Not ready within boot_timeout.
-    BootTimeout,
-    /// Exited before it was ready.
-    BootFailed,
+    /// Exited before it was ready, or not ready within boot_timeout.
+    BootFailure,
     /// Recycled after max_requests.
-    MaxRequests,
+    RecycleRequests,
+    /// Recycled for its memory (max_worker_memory).
+    RecycleMemory,
+    /// Recycled for its age (max_worker_lifetime).
+    RecycleLifetime,
     /// Replaced by a new generation.
     Reload,
-    /// Retired by TTOU.
-    Scale,
+    /// Retired by TTOU (one worker fewer).
+    ScaleDown,
 }
 
 impl RestartReason {
     /// Every reason, in counter order.
-    pub const ALL: [RestartReason; 9] = [
+    pub const ALL: [RestartReason; 11] = [
         RestartReason::Exit,
         RestartReason::Crash,
         RestartReason::Killed,
+        RestartReason::OomKill,
         RestartReason::Timeout,
-        RestartReason::BootTimeout,
-        RestartReason::BootFailed,
-        RestartReason::MaxRequests,
+        RestartReason::BootFailure,
+        RestartReason::RecycleRequests,
+        RestartReason::RecycleMemory,
+        RestartReason::RecycleLifetime,
         RestartReason::Reload,
-        RestartReason::Scale,
+        RestartReason::ScaleDown,
     ];
 
-    /// Label value.
+    /// Label value, and the `reason` of the log line about the exit.
     pub fn as_str(self) -> &'static str {
         match self {
             RestartReason::Exit => "exit",
             RestartReason::Crash => "crash",
             RestartReason::Killed => "killed",
+            RestartReason::OomKill => "oom_kill",
             RestartReason::Timeout => "timeout",
-            RestartReason::BootTimeout => "boot_timeout",
-            RestartReason::BootFailed => "boot_failed",
-            RestartReason::MaxRequests => "max_requests",
+            RestartReason::BootFailure => "boot_failure",
+            RestartReason::RecycleRequests => "recycle_requests",
+            RestartReason::RecycleMemory => "recycle_memory",
+            RestartReason::RecycleLifetime => "recycle_lifetime",
             RestartReason::Reload => "reload",
-            RestartReason::Scale => "scale",
+            RestartReason::ScaleDown => "scale_down",
         }
     }
 
@@ -255,6 +269,13 @@ pub struct SlotView {
     pub in_flight: u64,
     /// The recorded in-flight requests, oldest first.
     pub requests_in_flight: Vec<InFlight>,
+    /// The worker's memory (proportional set size, else resident set size) as the master last sampled it,
+    /// in bytes; 0 before the first sample.
+    pub memory_bytes: u64,
+    /// When the worker was forked (monotonic nanoseconds).
+    pub started_ns: u64,
+    /// Client connections it holds open.
+    pub connections: u64,
 }
 
 /// A request in flight, as recorded in the scoreboard.
@@ -283,6 +304,7 @@ impl Slot {
         }
         self.words[GENERATION].store(generation, Ordering::Relaxed);
         self.words[HEARTBEAT].store(now_ns, Ordering::Relaxed);
+        self.words[STARTED].store(now_ns, Ordering::Relaxed);
         self.words[STATE].store(SlotState::Booting.word(), Ordering::Release);
     }
 
@@ -305,6 +327,11 @@ impl Slot {
     /// Worker: current state.
     pub fn state(&self) -> SlotState {
         SlotState::from_word(self.words[STATE].load(Ordering::Acquire))
+    }
+
+    /// Master: the worker's memory, as just sampled.
+    pub fn set_memory(&self, bytes: u64) {
+        self.words[MEMORY].store(bytes, Ordering::Relaxed);
     }
 
     /// Worker: stamp the heartbeat.
@@ -381,6 +408,9 @@ impl Slot {
             requests: self.words[REQUESTS].load(Ordering::Relaxed),
             in_flight: self.words[IN_FLIGHT].load(Ordering::Relaxed),
             requests_in_flight,
+            memory_bytes: self.words[MEMORY].load(Ordering::Relaxed),
+            started_ns: self.words[STARTED].load(Ordering::Relaxed),
+            connections: self.words[CONNECTIONS].load(Ordering::Relaxed),
         }
     }
 

@@ -40,6 +40,12 @@ pub struct Settings {
     pub max_requests: u64,
     /// Random extra requests in `[0, max_requests_jitter]` added per worker, so workers do not recycle together.
     pub max_requests_jitter: u64,
+    /// Recycle a worker whose memory (PSS, else RSS) stays above this many bytes (0 = never).
+    pub max_worker_memory: u64,
+    /// Recycle a worker after it has lived this long (zero = never).
+    pub max_worker_lifetime: Duration,
+    /// Random extra lifetime in `[0, max_worker_lifetime_jitter]` per worker.
+    pub max_worker_lifetime_jitter: Duration,
     /// Write the master's pid here while it runs.
     pub pidfile: Option<PathBuf>,
     /// Request head limits (gunicorn's `limit_request_*`).
@@ -119,6 +125,15 @@ impl Settings {
             boot_timeout: r.get(&BOOT_TIMEOUT)?,
             max_requests: r.get(&MAX_REQUESTS)?,
             max_requests_jitter: r.get(&MAX_REQUESTS_JITTER)?,
+            max_worker_memory: r.get(&MAX_WORKER_MEMORY)? << 20,
+            max_worker_lifetime: r.parse(&MAX_WORKER_LIFETIME, |d| {
+                if d.is_zero() || d >= Duration::from_secs(1) {
+                    Ok(d)
+                } else {
+                    Err("must be 0 (never) or at least 1 second")
+                }
+            })?,
+            max_worker_lifetime_jitter: r.get(&MAX_WORKER_LIFETIME_JITTER)?,
             limits: Limits {
                 request_line: r.get(&LIMIT_REQUEST_LINE)? as usize,
                 request_fields: r.get(&LIMIT_REQUEST_FIELDS)? as usize,
@@ -148,6 +163,9 @@ impl Default for Settings {
             boot_timeout: Duration::from_secs(30),
             max_requests: 0,
             max_requests_jitter: 0,
+            max_worker_memory: 0,
+            max_worker_lifetime: Duration::ZERO,
+            max_worker_lifetime_jitter: Duration::ZERO,
             pidfile: None,
             limits: Limits::default(),
             max_connections: 1000,
@@ -179,6 +197,9 @@ pub const SETTINGS: &[&Spec] = &[
     BOOT_TIMEOUT.spec(),
     MAX_REQUESTS.spec(),
     MAX_REQUESTS_JITTER.spec(),
+    MAX_WORKER_MEMORY.spec(),
+    MAX_WORKER_LIFETIME.spec(),
+    MAX_WORKER_LIFETIME_JITTER.spec(),
     LIMIT_REQUEST_LINE.spec(),
     LIMIT_REQUEST_FIELDS.spec(),
     LIMIT_REQUEST_FIELD_SIZE.spec(),
@@ -277,6 +298,32 @@ const MAX_REQUESTS_JITTER: Setting<u64> = Setting::count("max_requests_jitter", 
     .flag("max-requests-jitter")
     .default("0")
     .doc("A random 0..=jitter added to max_requests per worker, so workers do not recycle together.");
+
+const MAX_WORKER_MEMORY: Setting<u64> = Setting::count("max_worker_memory", 0, 1 << 20)
+    .env(&["SUPERVISOR_MAX_WORKER_MEMORY"])
+    .flag("max-worker-memory")
+    .default("0")
+    .doc(
+        "Recycle a worker whose memory stays above this many MiB (0 = never): the master samples each worker's \
+         proportional set size (PSS, its share of the pages it shares with its siblings; RSS where PSS cannot be \
+         read) once a second, and after 3 samples in a row over the limit replaces it, one at a time, the \
+         replacement ready before the old one drains. Set it below what would get the worker OOM-killed.",
+    );
+
+const MAX_WORKER_LIFETIME: Setting<Duration> = Setting::seconds("max_worker_lifetime", 0.0, 365.0 * DAY)
+    .env(&["SUPERVISOR_MAX_WORKER_LIFETIME"])
+    .flag("max-worker-lifetime")
+    .default("0")
+    .doc(
+        "Recycle a worker after it has lived this many seconds (0 = never; at least 1 otherwise), plus its share \
+         of max_worker_lifetime_jitter: replaced one at a time, the replacement ready before the old one drains.",
+    );
+
+const MAX_WORKER_LIFETIME_JITTER: Setting<Duration> = Setting::seconds("max_worker_lifetime_jitter", 0.0, 365.0 * DAY)
+    .env(&["SUPERVISOR_MAX_WORKER_LIFETIME_JITTER"])
+    .flag("max-worker-lifetime-jitter")
+    .default("0")
+    .doc("A random 0..=jitter seconds added to max_worker_lifetime per worker, so workers do not recycle together.");
 
 const LIMIT_REQUEST_LINE: Setting<u64> = Setting::count("limit_request_line", 0, 8190)
     .env(&["SUPERVISOR_LIMIT_REQUEST_LINE"])

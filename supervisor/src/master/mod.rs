@@ -6,6 +6,7 @@
 //! heartbeats, boot and drain deadlines; restore the worker count). The master never starts a thread or a
 //! tokio runtime, so forking it is always sound.
 
+mod sample;
 pub mod state;
 mod upgrade;
 
@@ -92,6 +93,8 @@ pub(crate) fn run(settings: Settings, app: Arc<dyn Boot>, reloader: Reloader) ->
         next_watchdog: 0,
         upgrade: upgrade::Upgrade::new(upgrade_from, pidfile.clone()),
         start_time: sys::unix_now(),
+        oom: sample::OomWatch::new(),
+        next_sample: 0,
     };
     let code = master.run();
     if let Some(path) = &pidfile {
@@ -136,6 +139,10 @@ struct Master {
     upgrade: upgrade::Upgrade,
     /// Unix time this master started, for `process_start_time_seconds`.
     start_time: u64,
+    /// The kernel's OOM-kill counters.
+    oom: sample::OomWatch,
+    /// When the workers' memory is next sampled (monotonic ns).
+    next_sample: u64,
 }
 
 /// The last state reported to the service manager.
@@ -174,8 +181,10 @@ impl Master {
                 self.upgrade.take_over();
             }
             self.wait();
+            self.oom.refresh(sys::monotonic_ns());
             events.extend(self.reap());
             events.extend(self.signals().into_iter().map(Event::Signal));
+            events.extend(self.sample());
             events.push_back(Event::Tick);
         }
     }
@@ -215,7 +224,8 @@ impl Master {
     /// Sleeps until a signal, a worker's ready notice, or the next deadline; meanwhile writes the master's
     /// log lines that wait for the output as soon as it takes them.
     fn wait(&mut self) {
-        let mut sleep_ns = self.state.sleep_for(sys::monotonic_ns());
+        let now = sys::monotonic_ns();
+        let mut sleep_ns = self.state.sleep_for(now).min(self.next_sample.saturating_sub(now).max(1_000_000));
         if self.notifier.as_ref().is_some_and(|n| n.watchdog_interval().is_some()) {
             sleep_ns = sleep_ns.min(self.next_watchdog.saturating_sub(sys::monotonic_ns()));
         }
@@ -256,8 +266,26 @@ impl Master {
             .collect()
     }
 
+    /// Once a second: writes every worker's memory into its slot (for the state's `max_worker_memory`, the
+    /// app's metrics, `ctl status`), and watches its memory cgroup for OOM kills.
+    fn sample(&mut self) -> Option<Event> {
+        let now = sys::monotonic_ns();
+        if now < self.next_sample {
+            return None;
+        }
+        self.next_sample = now + sample::SAMPLE_EVERY;
+        for (pid, slot) in self.state.worker_slots() {
+            if let Some(bytes) = sample::memory_of(pid) {
+                self.board.slot(slot).set_memory(bytes);
+            }
+            self.oom.watch_cgroup_of(pid);
+        }
+        Some(Event::Sampled)
+    }
+
     /// Reaps every exited child without blocking.
     fn reap(&mut self) -> Vec<Event> {
+        let oom = self.oom.recent(sys::monotonic_ns());
         let mut out = Vec::new();
         loop {
             let (pid, how) = match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -267,7 +295,7 @@ impl Master {
                 Ok(_) => continue,
             };
             if !self.upgrade.reaped(pid, how) {
-                out.push(Event::Exited { pid, how });
+                out.push(Event::Exited { pid, how, oom });
             }
         }
         for event in &out {

@@ -27,7 +27,7 @@ use nix::sys::signal::Signal;
 #[cfg(test)]
 use self::spawn::{MAX_BACKOFF, MAX_FORK_RETRY, RESPAWN_INTERVAL, backoff};
 use self::spawn::{Purpose, Spawner};
-pub use self::worker::{KillReason, Life, RetireReason};
+pub use self::worker::{KillReason, Life, Recycle, RetireReason};
 use self::worker::{Observed, Worker, worker_event};
 #[cfg(test)]
 use crate::scoreboard::RestartReason;
@@ -43,6 +43,9 @@ pub const MIN_UPTIME: Nanos = 5 * SEC;
 pub const QUIT_GRACE: Nanos = 500 * MS;
 /// The master wakes at least this often.
 pub const MAX_SLEEP: Nanos = SEC;
+/// Samples in a row a worker's memory must stay above `max_worker_memory` before it is recycled: one
+/// sample over the limit may be a short peak the allocator gives back.
+pub const MEMORY_SAMPLES: u32 = 3;
 
 use crate::exit::{NO_WORKER as EXIT_NO_WORKER, OK as EXIT_OK};
 
@@ -90,6 +93,13 @@ pub struct Policy {
     pub graceful_timeout: Nanos,
     /// Time a new worker has to become ready.
     pub boot_timeout: Nanos,
+    /// A worker whose memory stays above this many bytes for [`MEMORY_SAMPLES`] samples in a row is
+    /// recycled (0: never).
+    pub max_memory: u64,
+    /// A worker this old (plus its share of `lifetime_jitter`) is recycled (0: never).
+    pub max_lifetime: Nanos,
+    /// Random extra lifetime in `[0, lifetime_jitter]` per worker, so workers do not recycle together.
+    pub lifetime_jitter: Nanos,
 }
 
 impl Policy {
@@ -103,7 +113,22 @@ impl Policy {
             heartbeat: nanos(settings.heartbeat_interval()),
             graceful_timeout: nanos(settings.graceful_timeout),
             boot_timeout: nanos(settings.boot_timeout),
+            max_memory: settings.max_worker_memory,
+            max_lifetime: nanos(settings.max_worker_lifetime),
+            lifetime_jitter: nanos(settings.max_worker_lifetime_jitter),
         }
+    }
+
+    /// When a worker spawned at `spawned` with spawn serial `serial` has lived its lifetime, if it has one.
+    /// The jitter is a hash of the serial: different for every worker, the same on every call.
+    pub fn end_of_life(&self, spawned: Nanos, serial: u64) -> Option<Nanos> {
+        (self.max_lifetime > 0).then(|| {
+            let mut x = serial.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^= x >> 31;
+            spawned.saturating_add(self.max_lifetime).saturating_add(x % self.lifetime_jitter.saturating_add(1))
+        })
     }
 
     /// The heartbeat silence beyond which a ready worker is killed. A worker that hangs has last stamped up
@@ -125,6 +150,9 @@ pub enum Event {
         pid: i32,
         /// How it ended.
         how: ExitHow,
+        /// The kernel counted an OOM kill since the master last looked: a SIGKILL the master did not send
+        /// was most likely the OOM killer's.
+        oom: bool,
     },
     /// A [`Action::Spawn`] succeeded.
     Spawned {
@@ -148,6 +176,8 @@ pub enum Event {
         /// The policy, or why the configuration was rejected.
         result: Result<Policy, String>,
     },
+    /// The executor wrote every worker's memory into the scoreboard (at most once a second).
+    Sampled,
     /// Periodic check of the scoreboard (every loop turn).
     Tick,
 }
@@ -298,6 +328,11 @@ impl State {
         self.workers.iter().map(|w| (w.pid, w.generation)).collect()
     }
 
+    /// Pids of live workers with their scoreboard slot.
+    pub fn worker_slots(&self) -> Vec<(i32, usize)> {
+        self.workers.iter().map(|w| (w.pid, w.slot)).collect()
+    }
+
     /// Whether every worker of the serving generation is ready and the count is complete (startup done,
     /// reload done): what a service manager is told as READY.
     pub fn settled(&self) -> bool {
@@ -321,10 +356,11 @@ impl State {
         let mut actions = Vec::new();
         match event {
             Event::Signal(sig) => self.on_signal(sig, now, &mut actions),
-            Event::Exited { pid, how } => self.on_exit(pid, how, now, &mut actions),
+            Event::Exited { pid, how, oom } => self.on_exit(pid, how, oom, now, board, &mut actions),
             Event::Spawned { slot, pid } => self.on_spawned(slot, pid, now, &mut actions),
             Event::SpawnFailed { slot, error } => self.on_spawn_failed(slot, &error, now),
             Event::ConfigLoaded { generation, result } => self.on_config(generation, result, now, &mut actions),
+            Event::Sampled => self.on_sampled(board),
             Event::Tick => {}
         }
         self.tick(now, board, &mut actions);
@@ -340,7 +376,12 @@ impl State {
             let silent = w.beat.saturating_add(policy.silence_limit()).saturating_add(MS);
             match w.life {
                 Life::Booting => at(w.spawned.saturating_add(policy.boot_timeout).saturating_add(MS)),
-                Life::Ready { .. } => at(silent),
+                Life::Ready { recycle } => {
+                    at(silent);
+                    if let (None, Some(end)) = (recycle, policy.end_of_life(w.spawned, w.serial)) {
+                        at(end);
+                    }
+                }
                 Life::Retiring { deadline, .. } => {
                     at(deadline);
                     at(silent);
@@ -546,16 +587,18 @@ impl State {
         );
     }
 
-    fn on_exit(&mut self, pid: i32, how: ExitHow, now: Nanos, actions: &mut Vec<Action>) {
+    fn on_exit(&mut self, pid: i32, how: ExitHow, oom: bool, now: Nanos, board: &dyn Board, actions: &mut Vec<Action>) {
         let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
             tracing::debug!(worker_pid = pid, "reaped a process that was not a worker");
             return;
         };
         let w = self.workers.remove(i);
-        if let Some(reason) = w.restart_reason(how) {
+        let reason = w.restart_reason(how, oom);
+        if let Some(reason) = reason {
             self.counters.restarts[reason.index()] += 1;
         }
-        w.log_exit(how, now);
+        // The slot still holds what the worker was serving when it died.
+        w.log_exit(how, reason, &board.view(w.slot), now);
         if matches!(self.phase, Phase::Running | Phase::Starting) && w.died_early(how, now) {
             let delay = self.spawner.crashed(now);
             if delay > 0 {
@@ -651,6 +694,7 @@ impl State {
                 self.spawner.settle(w.spawned, ready_at, now);
             }
         }
+        self.end_lives(now);
         self.progress_reload(now, actions);
         self.trim(now, actions);
         self.restore(now, actions);
@@ -827,6 +871,46 @@ impl State {
         }
     }
 
+    /// Memory samples: a serving worker of the current generation above its generation's `max_memory` for
+    /// [`MEMORY_SAMPLES`] samples in a row is marked for recycling.
+    fn on_sampled(&mut self, board: &dyn Board) {
+        for w in self.workers.iter_mut().filter(|w| w.generation == self.current) {
+            let limit = policy_of(&self.policies, w.generation, self.current).max_memory;
+            let view = board.view(w.slot);
+            if limit == 0 || view.pid != w.pid || view.memory_bytes <= limit {
+                w.over_memory = 0;
+                continue;
+            }
+            w.over_memory += 1;
+            if w.over_memory >= MEMORY_SAMPLES && w.recycle(Recycle::Memory) {
+                worker_event!(
+                    info,
+                    w,
+                    memory_mib = view.memory_bytes >> 20,
+                    max_worker_memory_mib = limit >> 20,
+                    samples = w.over_memory,
+                    "worker over max_worker_memory: asks for a replacement"
+                );
+            }
+        }
+    }
+
+    /// A serving worker of the current generation that lived its lifetime is marked for recycling.
+    fn end_lives(&mut self, now: Nanos) {
+        for w in self.workers.iter_mut().filter(|w| w.generation == self.current) {
+            let policy = policy_of(&self.policies, w.generation, self.current);
+            if policy.end_of_life(w.spawned, w.serial).is_some_and(|end| now >= end) && w.recycle(Recycle::Lifetime) {
+                worker_event!(
+                    info,
+                    w,
+                    age_ms = now.saturating_sub(w.spawned) / MS,
+                    max_worker_lifetime_ms = policy.max_lifetime / MS,
+                    "worker reached max_worker_lifetime: asks for a replacement"
+                );
+            }
+        }
+    }
+
     /// A recycling worker of the current generation with no replacement yet, while none is on its way.
     fn recycle_wanted(&self) -> bool {
         self.reload.is_none()
@@ -855,9 +939,10 @@ impl State {
             match state {
                 None => w.replacement = None,
                 Some(true) if w.recycling() => {
-                    worker_event!(info, w, "worker retiring: its replacement is ready");
+                    let Life::Ready { recycle: Some(why) } = w.life else { unreachable!("recycling") };
+                    worker_event!(info, w, reason = why.as_str(), "worker retiring: its replacement is ready");
                     w.replacement = None;
-                    retire(w, RetireReason::MaxRequests, now.saturating_add(graceful), actions);
+                    retire(w, RetireReason::Recycle(why), now.saturating_add(graceful), actions);
                 }
                 Some(true) => w.replacement = None,
                 Some(false) => {}

@@ -29,8 +29,10 @@ enum Op {
     Ready(usize),
     /// The k-th serving worker reaches max_requests.
     Recycle(usize),
-    /// The k-th live worker exits.
-    Exit(usize, ExitHow),
+    /// The executor samples memory: the k-th live worker's is over the limit (true) or not.
+    Memory(usize, bool),
+    /// The k-th live worker exits; the kernel counted an OOM kill just before (true) or not.
+    Exit(usize, ExitHow, bool),
     /// The k-th live worker is killed from outside, and a signal reaches the master between the fork of its
     /// replacement and the fork's result.
     Race(usize, Sig),
@@ -46,14 +48,23 @@ enum Op {
     Config(Option<Policy>),
 }
 
+/// A memory limit the [`Op::Memory`] samples cross.
+const LIMIT: u64 = 64 << 20;
+
 fn policy() -> impl Strategy<Value = Policy> {
-    (1usize..=3, 2u64..=4, 0u64..=4, 1u64..=6).prop_map(|(workers, timeout, graceful, boot)| Policy {
-        workers,
-        timeout: timeout * SEC,
-        heartbeat: (timeout * SEC / 4).min(SEC),
-        graceful_timeout: graceful * SEC,
-        boot_timeout: boot * SEC,
-    })
+    let lifetime = prop_oneof![Just((0, 0)), (5u64..=20, 0u64..=5).prop_map(|(l, j)| (l * SEC, j * SEC))];
+    (1usize..=3, 2u64..=4, 0u64..=4, 1u64..=6, any::<bool>(), lifetime).prop_map(
+        |(workers, timeout, graceful, boot, memory, (max_lifetime, lifetime_jitter))| Policy {
+            workers,
+            timeout: timeout * SEC,
+            heartbeat: (timeout * SEC / 4).min(SEC),
+            graceful_timeout: graceful * SEC,
+            boot_timeout: boot * SEC,
+            max_memory: if memory { LIMIT } else { 0 },
+            max_lifetime,
+            lifetime_jitter,
+        },
+    )
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -83,7 +94,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => prop_oneof![1u64..2 * MS, 1u64..6 * SEC].prop_map(Op::Late),
         12 => (0usize..8).prop_map(Op::Ready),
         3 => (0usize..8).prop_map(Op::Recycle),
-        8 => (0usize..8, how).prop_map(|(k, how)| Op::Exit(k, how)),
+        3 => (0usize..8, any::<bool>()).prop_map(|(k, over)| Op::Memory(k, over)),
+        8 => (0usize..8, how, prop_oneof![4 => Just(false), 1 => Just(true)]).prop_map(|(k, how, oom)| Op::Exit(k, how, oom)),
         2 => (0usize..8, sig).prop_map(|(k, sig)| Op::Race(k, sig)),
         4 => (0usize..8).prop_map(Op::Drain),
         2 => (0usize..8).prop_map(Op::Hang),
@@ -145,7 +157,7 @@ impl World {
         for (pid, signal) in kills(actions) {
             let Some(w) = self.h.state.workers.iter().find(|w| w.pid == pid) else { continue };
             match (signal, w.life) {
-                (Signal::SIGTERM, Life::Retiring { reason: RetireReason::MaxRequests, .. }) => {
+                (Signal::SIGTERM, Life::Retiring { reason: RetireReason::Recycle(_), .. }) => {
                     assert!(self.h.serving().len() >= serving_before, "recycling lowered the serving count");
                 }
                 (Signal::SIGTERM, Life::Retiring { reason: RetireReason::Reload, .. }) => {
@@ -232,14 +244,26 @@ impl World {
     }
 
     fn exit(&mut self, pid: i32, how: ExitHow) {
+        self.exit_oom(pid, how, false);
+    }
+
+    fn exit_oom(&mut self, pid: i32, how: ExitHow, oom: bool) {
         if self.h.exit.is_none() && !self.h.exited.contains(&pid) {
             let serving_before = self.h.serving().len();
             let crashes_before = self.h.state.spawner.crashes();
+            let oom_before = self.h.state.counters().restarts[RestartReason::OomKill.index()];
             let outside_kill = how.is_outside_kill() && !self.told(pid, Signal::SIGKILL);
-            let actions = self.h.exit(pid, how);
-            // A worker killed from outside is replaced at once: it never feeds the crash-loop backoff.
+            let unstopped = self.h.state.workers.iter().any(|w| w.pid == pid && !matches!(w.life, Life::Killed { .. }));
+            self.h.exited.insert(pid);
+            let actions = self.h.handle(Event::Exited { pid, how, oom });
+            // A worker killed from outside (an operator, the OOM killer) is replaced at once: it never feeds the
+            // crash-loop backoff.
             if outside_kill {
                 assert!(self.h.state.spawner.crashes() <= crashes_before, "an outside kill counted as a crash");
+            }
+            if outside_kill && oom && unstopped {
+                let counted = self.h.state.counters().restarts[RestartReason::OomKill.index()];
+                assert!(counted > oom_before, "an OOM kill not counted as one");
             }
             self.check_retirements(&actions, serving_before);
             self.check();
@@ -291,10 +315,16 @@ impl World {
                     self.set_state(pid, SlotState::Retiring);
                 }
             }
-            Op::Exit(k, how) => {
+            Op::Exit(k, how, oom) => {
                 if let Some(pid) = self.nth(k, |_, _| true) {
-                    self.exit(pid, how);
+                    self.exit_oom(pid, how, oom);
                 }
+            }
+            Op::Memory(k, over) => {
+                if let Some(pid) = self.nth(k, |_, _| true) {
+                    self.h.board.set_memory(self.h.slot_of(pid), if over { 2 * LIMIT } else { LIMIT / 2 });
+                }
+                self.handle(Event::Sampled);
             }
             Op::Race(k, sig) => {
                 if let Some(pid) = self.nth(k, |_, _| true) {
@@ -375,7 +405,7 @@ impl World {
         s.phase == Phase::Running
             && !s.reloading()
             && self.h.serving().len() == s.desired
-            && s.workers.iter().all(|w| w.generation == s.current && w.life == (Life::Ready { recycle: false }))
+            && s.workers.iter().all(|w| w.generation == s.current && w.life == (Life::Ready { recycle: None }))
     }
 }
 

@@ -14,8 +14,21 @@ use crate::scoreboard::{SlotState, SlotView};
 pub struct FakeBoard(pub RefCell<HashMap<usize, SlotView>>);
 
 impl FakeBoard {
+    /// Writes a slot's pid, state and heartbeat, keeping what else it holds.
     pub fn set(&self, slot: usize, pid: i32, state: SlotState, heartbeat_ns: Nanos) {
-        self.0.borrow_mut().insert(slot, SlotView { pid, state, heartbeat_ns, ..empty() });
+        let mut slots = self.0.borrow_mut();
+        let view = slots.entry(slot).or_insert_with(empty);
+        (view.pid, view.state, view.heartbeat_ns) = (pid, state, heartbeat_ns);
+    }
+
+    /// A slot prepared for a new worker, as the executor does before it forks.
+    pub fn prepare(&self, slot: usize, pid: i32, now: Nanos) {
+        self.0.borrow_mut().insert(slot, SlotView { pid, state: SlotState::Booting, heartbeat_ns: now, ..empty() });
+    }
+
+    /// A worker's memory, as the executor samples it.
+    pub fn set_memory(&self, slot: usize, bytes: u64) {
+        self.0.borrow_mut().entry(slot).or_insert_with(empty).memory_bytes = bytes;
     }
 }
 
@@ -28,6 +41,9 @@ fn empty() -> SlotView {
         requests: 0,
         in_flight: 0,
         requests_in_flight: vec![],
+        memory_bytes: 0,
+        started_ns: 0,
+        connections: 0,
     }
 }
 
@@ -37,8 +53,16 @@ impl Board for FakeBoard {
     }
 }
 
-pub const POLICY: Policy =
-    Policy { workers: 2, timeout: 2 * SEC, heartbeat: SEC / 2, graceful_timeout: 3 * SEC, boot_timeout: 5 * SEC };
+pub const POLICY: Policy = Policy {
+    workers: 2,
+    timeout: 2 * SEC,
+    heartbeat: SEC / 2,
+    graceful_timeout: 3 * SEC,
+    boot_timeout: 5 * SEC,
+    max_memory: 0,
+    max_lifetime: 0,
+    lifetime_jitter: 0,
+};
 
 /// Drives a state machine, performing spawns with made-up pids.
 pub struct Harness {
@@ -117,7 +141,7 @@ impl Harness {
                     Action::Spawn { slot, .. } => {
                         results.extend(self.interject.take());
                         self.next_pid += 1;
-                        self.board.set(*slot, self.next_pid, SlotState::Booting, self.now);
+                        self.board.prepare(*slot, self.next_pid, self.now);
                         self.slots.insert(self.next_pid, *slot);
                         results.push(Event::Spawned { slot: *slot, pid: self.next_pid });
                     }
@@ -210,7 +234,7 @@ impl Harness {
 
     pub fn exit(&mut self, pid: i32, how: ExitHow) -> Vec<Action> {
         self.exited.insert(pid);
-        self.handle(Event::Exited { pid, how })
+        self.handle(Event::Exited { pid, how, oom: false })
     }
 }
 

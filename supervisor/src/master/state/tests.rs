@@ -246,7 +246,7 @@ fn a_worker_forked_as_a_stop_begins_is_stopped_too() {
         let mut h = Harness::running();
         let board = FakeBoard::default();
         let victim = h.pids()[0];
-        let actions = h.state.handle(Event::Exited { pid: victim, how: SIGKILL }, h.now, &board);
+        let actions = h.state.handle(Event::Exited { pid: victim, how: SIGKILL, oom: false }, h.now, &board);
         let Some(&Action::Spawn { slot, .. }) = actions.iter().find(|a| matches!(a, Action::Spawn { .. })) else {
             panic!("a replacement: {actions:?}")
         };
@@ -338,14 +338,17 @@ fn recycling_replaces_one_worker_at_a_time_and_retires_it_once_the_replacement_i
     assert!(kills(&actions).is_empty(), "nobody drains before its replacement is ready");
     assert_eq!(h.serving(), [a, b], "both keep serving meanwhile");
     h.all_ready();
-    assert_eq!(h.life(a), Life::Retiring { reason: RetireReason::MaxRequests, deadline: h.now + 3 * SEC });
+    assert_eq!(
+        h.life(a),
+        Life::Retiring { reason: RetireReason::Recycle(Recycle::Requests), deadline: h.now + 3 * SEC }
+    );
     assert_eq!(h.serving().len(), 2);
     h.exit(a, ExitHow::Code(0));
     // Then the second.
     assert_eq!(h.pids().len(), 3, "b's replacement booting");
     h.all_ready();
     assert!(matches!(h.life(b), Life::Retiring { .. }));
-    assert_eq!(h.state.counters().restarts[RestartReason::MaxRequests.index()], 1);
+    assert_eq!(h.state.counters().restarts[RestartReason::RecycleRequests.index()], 1);
 }
 
 #[test]
@@ -357,13 +360,13 @@ fn a_recycling_worker_whose_replacement_cannot_start_keeps_serving_and_is_replac
     let actions = h.handle(Event::Tick);
     assert_eq!(spawns(&actions), 1);
     assert!(kills(&actions).is_empty());
-    assert_eq!(h.life(a), Life::Ready { recycle: true }, "still serving");
+    assert_eq!(h.life(a), Life::Ready { recycle: Some(Recycle::Requests) }, "still serving");
     assert!(kills(&h.run_for(2 * SEC, 100 * MS)).is_empty());
     h.forks_fail = false;
     h.run_for(MAX_FORK_RETRY, 100 * MS);
     assert_eq!(h.pids().len(), 3, "the replacement started within one retry delay");
     h.all_ready();
-    assert!(matches!(h.life(a), Life::Retiring { reason: RetireReason::MaxRequests, .. }));
+    assert!(matches!(h.life(a), Life::Retiring { reason: RetireReason::Recycle(Recycle::Requests), .. }));
 }
 
 #[test]
@@ -374,7 +377,7 @@ fn a_replacement_that_dies_while_booting_is_tried_again() {
     h.handle(Event::Tick);
     let replacement = *h.pids().last().unwrap();
     h.exit(replacement, ExitHow::Code(3));
-    assert_eq!(h.life(a), Life::Ready { recycle: true });
+    assert_eq!(h.life(a), Life::Ready { recycle: Some(Recycle::Requests) });
     h.run_for(SEC, 100 * MS);
     assert_eq!(h.pids().len(), 3, "a new replacement");
     h.all_ready();
@@ -518,4 +521,83 @@ fn a_kill_the_supervisor_did_not_send_is_not_mistaken_for_a_timeout() {
     assert_eq!(h.state.counters().restarts[RestartReason::Killed.index()], 1);
     assert_eq!(h.state.counters().restarts[RestartReason::Timeout.index()], 0);
     assert_eq!(h.pids().len(), 2);
+}
+
+#[test]
+fn a_worker_over_max_worker_memory_for_three_samples_is_recycled_replacement_first() {
+    let mut h = Harness::new(Policy { max_memory: 100 << 20, ..POLICY });
+    h.handle(Event::Tick);
+    h.all_ready();
+    let [a, b] = h.pids()[..] else { panic!() };
+    h.board.set_memory(h.slot_of(a), 150 << 20);
+    h.board.set_memory(h.slot_of(b), 50 << 20);
+    for _ in 0..MEMORY_SAMPLES - 1 {
+        assert_eq!(spawns(&h.handle(Event::Sampled)), 0, "a peak is not a reason yet");
+    }
+    h.board.set_memory(h.slot_of(a), 90 << 20);
+    h.handle(Event::Sampled);
+    h.board.set_memory(h.slot_of(a), 150 << 20);
+    for _ in 0..MEMORY_SAMPLES - 1 {
+        h.handle(Event::Sampled);
+    }
+    assert_eq!(h.life(a), Life::Ready { recycle: None }, "the count restarts below the limit");
+    let actions = h.handle(Event::Sampled);
+    assert_eq!(h.life(a), Life::Ready { recycle: Some(Recycle::Memory) });
+    assert_eq!(spawns(&actions), 1, "its replacement");
+    assert!(kills(&actions).is_empty(), "it serves until the replacement is ready");
+    h.all_ready();
+    assert!(matches!(h.life(a), Life::Retiring { reason: RetireReason::Recycle(Recycle::Memory), .. }));
+    assert_eq!(h.life(b), Life::Ready { recycle: None });
+    h.exit(a, ExitHow::Code(0));
+    assert_eq!(h.state.counters().restarts[RestartReason::RecycleMemory.index()], 1);
+}
+
+#[test]
+fn workers_past_max_worker_lifetime_are_recycled_one_at_a_time() {
+    let mut h = Harness::new(Policy { max_lifetime: 10 * SEC, lifetime_jitter: 2 * SEC, ..POLICY });
+    h.handle(Event::Tick);
+    h.all_ready();
+    let old = h.pids();
+    let mut retired = Vec::new();
+    let mut most_recycling = 0;
+    let end = h.now + 30 * SEC;
+    while h.now < end {
+        let mut actions = h.run_for(100 * MS, 100 * MS);
+        for pid in h.pids() {
+            if h.life(pid) == Life::Booting {
+                h.board.set(h.slot_of(pid), pid, SlotState::Ready, h.now);
+            }
+        }
+        actions.extend(h.handle(Event::Tick));
+        for (pid, signal) in kills(&actions) {
+            assert_eq!(signal, Signal::SIGTERM);
+            assert!(matches!(h.life(pid), Life::Retiring { reason: RetireReason::Recycle(Recycle::Lifetime), .. }));
+            assert!(h.serving().len() >= 2, "capacity never dips");
+            retired.push(pid);
+            h.exit(pid, ExitHow::Code(0));
+        }
+        let recycling = h.state.workers.iter().filter(|w| w.replacement.is_some()).count();
+        most_recycling = most_recycling.max(recycling);
+    }
+    assert!(old.iter().all(|p| retired.contains(p)), "both old workers recycled: {retired:?}");
+    assert!(most_recycling <= 1, "two recycles at once");
+    assert!(h.state.counters().restarts[RestartReason::RecycleLifetime.index()] >= 2);
+}
+
+#[test]
+fn an_oom_kill_is_named_and_replaced_at_once() {
+    let mut h = Harness::running();
+    let victim = h.pids()[0];
+    for _ in 0..3 {
+        let victim = h.pids()[0];
+        h.exited.insert(victim);
+        let actions = h.handle(Event::Exited { pid: victim, how: SIGKILL, oom: true });
+        assert_eq!(spawns(&actions), 1, "replaced at once, never backed off");
+        h.all_ready();
+        h.run_for(RESPAWN_INTERVAL, RESPAWN_INTERVAL);
+    }
+    assert!(!h.pids().contains(&victim));
+    assert_eq!(h.state.counters().restarts[RestartReason::OomKill.index()], 3);
+    assert_eq!(h.state.counters().restarts[RestartReason::Killed.index()], 0);
+    assert_eq!(h.state.spawner.crashes(), 0, "not a crash loop");
 }

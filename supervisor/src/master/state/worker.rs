@@ -21,12 +21,12 @@ pub(crate) use worker_event;
 pub enum Life {
     /// Forked; the application is booting.
     Booting,
-    /// Accepting and serving. `recycle`: it reached `max_requests` and waits for a replacement; it keeps
-    /// serving until the replacement is ready, so capacity never dips and a replacement that cannot be
-    /// spawned costs nothing but the delay.
+    /// Accepting and serving. `recycle`: it is to be replaced (it reached `max_requests`, its memory or
+    /// its age limit); it keeps serving until the replacement is ready, so capacity
+    /// never dips and a replacement that cannot be spawned costs nothing but the delay.
     Ready {
-        /// Asked for a replacement.
-        recycle: bool,
+        /// Why it waits for a replacement, if it does.
+        recycle: Option<Recycle>,
     },
     /// Told to drain (SIGTERM): why, and when it is killed if still alive.
     Retiring {
@@ -70,6 +70,32 @@ impl KillReason {
     }
 }
 
+/// Why a serving worker is replaced: a new worker is started, and once it is ready the old one drains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recycle {
+    /// It served `max_requests` (plus its jitter); the worker itself asks.
+    Requests,
+    /// Its memory stayed above `max_worker_memory`.
+    Memory,
+    /// It lived `max_worker_lifetime` (plus its jitter).
+    Lifetime,
+}
+
+impl Recycle {
+    fn restart(self) -> RestartReason {
+        match self {
+            Recycle::Requests => RestartReason::RecycleRequests,
+            Recycle::Memory => RestartReason::RecycleMemory,
+            Recycle::Lifetime => RestartReason::RecycleLifetime,
+        }
+    }
+
+    /// Name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        self.restart().as_str()
+    }
+}
+
 /// Why a worker was asked to drain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetireReason {
@@ -77,8 +103,8 @@ pub enum RetireReason {
     Scale,
     /// Replaced by a newer generation.
     Reload,
-    /// Reached max_requests and its replacement is ready.
-    MaxRequests,
+    /// Recycled, and its replacement is ready.
+    Recycle(Recycle),
     /// Graceful stop of the whole server.
     Stop,
 }
@@ -86,19 +112,17 @@ pub enum RetireReason {
 impl RetireReason {
     /// Name used in logs and metrics.
     pub fn as_str(self) -> &'static str {
-        match self {
-            RetireReason::Scale => "scale",
-            RetireReason::Reload => "reload",
-            RetireReason::MaxRequests => "max_requests",
-            RetireReason::Stop => "stop",
+        match self.restart() {
+            Some(reason) => reason.as_str(),
+            None => "stop",
         }
     }
 
     fn restart(self) -> Option<RestartReason> {
         match self {
-            RetireReason::Scale => Some(RestartReason::Scale),
+            RetireReason::Scale => Some(RestartReason::ScaleDown),
             RetireReason::Reload => Some(RestartReason::Reload),
-            RetireReason::MaxRequests => Some(RestartReason::MaxRequests),
+            RetireReason::Recycle(recycle) => Some(recycle.restart()),
             RetireReason::Stop => None,
         }
     }
@@ -121,8 +145,10 @@ pub struct Worker {
     pub beat: Nanos,
     /// The raw stamp last read, to notice that the worker wrote a new one.
     pub raw_beat: u64,
-    /// The spawn serial of the worker booting to replace this one (`max_requests`).
+    /// The spawn serial of the worker booting to replace this one (see [`Recycle`]).
     pub replacement: Option<u64>,
+    /// Memory samples in a row above `max_worker_memory`.
+    pub over_memory: u32,
 }
 
 impl Worker {
@@ -138,6 +164,7 @@ impl Worker {
             beat: spawned,
             raw_beat: 0,
             replacement: None,
+            over_memory: 0,
         }
     }
 
@@ -159,9 +186,20 @@ impl Worker {
         matches!(self.life, Life::Ready { .. })
     }
 
-    /// Reached max_requests and waits for a replacement.
+    /// Waits for a replacement (see [`Recycle`]).
     pub fn recycling(&self) -> bool {
-        self.life == Life::Ready { recycle: true }
+        matches!(self.life, Life::Ready { recycle: Some(_) })
+    }
+
+    /// Marks a serving worker for replacement, unless it already is; returns whether it was marked.
+    pub fn recycle(&mut self, why: Recycle) -> bool {
+        match self.life {
+            Life::Ready { recycle: None } => {
+                self.life = Life::Ready { recycle: Some(why) };
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Takes in what the worker wrote in its slot: heartbeat and readiness. Returns whether it just became
@@ -179,28 +217,31 @@ impl Worker {
         use crate::scoreboard::SlotState;
         match (self.life, view.state) {
             (Life::Booting, SlotState::Ready | SlotState::Retiring) => {
-                self.life = Life::Ready { recycle: false };
+                self.life = Life::Ready { recycle: None };
                 self.ready_at = Some(now);
                 Observed::Ready
             }
-            (Life::Ready { recycle: false }, SlotState::Retiring) => {
-                self.life = Life::Ready { recycle: true };
+            (Life::Ready { recycle: None }, SlotState::Retiring) => {
+                self.life = Life::Ready { recycle: Some(Recycle::Requests) };
                 Observed::Recycle
             }
             _ => Observed::Nothing,
         }
     }
 
-    /// The restart counter its exit belongs to; `None` for workers stopped with the server or an aborted
-    /// reload.
-    pub fn restart_reason(&self, how: ExitHow) -> Option<RestartReason> {
+    /// Why it died, as counted (`worker_restarts_total{reason}`) and logged; `None` for workers stopped
+    /// with the server or an aborted reload. `oom`: the kernel's OOM-kill count went up since it was last
+    /// read, so a SIGKILL nobody here sent was most likely the OOM killer's.
+    pub fn restart_reason(&self, how: ExitHow, oom: bool) -> Option<RestartReason> {
         match self.life {
             Life::Killed { reason: KillReason::Timeout } => Some(RestartReason::Timeout),
-            Life::Killed { reason: KillReason::BootTimeout } => Some(RestartReason::BootTimeout),
+            Life::Killed { reason: KillReason::BootTimeout } => Some(RestartReason::BootFailure),
             Life::Killed { reason: KillReason::Quit | KillReason::ReloadAborted } => None,
-            Life::Killed { reason: KillReason::DrainDeadline(r) } | Life::Retiring { reason: r, .. } => r.restart(),
+            Life::Killed { reason: KillReason::DrainDeadline(r) } => r.restart(),
+            _ if how.is_outside_kill() && oom => Some(RestartReason::OomKill),
+            Life::Retiring { reason: r, .. } => r.restart(),
             Life::Booting | Life::Ready { .. } if how.is_outside_kill() => Some(RestartReason::Killed),
-            Life::Booting => Some(RestartReason::BootFailed),
+            Life::Booting => Some(RestartReason::BootFailure),
             Life::Ready { .. } if how == ExitHow::Code(0) => Some(RestartReason::Exit),
             Life::Ready { .. } => Some(RestartReason::Crash),
         }
@@ -222,32 +263,62 @@ impl Worker {
         }
     }
 
-    /// Logs its exit, by what the master knew of it.
-    pub fn log_exit(&self, how: ExitHow, now: Nanos) {
+    /// Logs its exit in one line: why it died (`reason`, the restart counter's name, or what stopped it
+    /// when it is not counted), how (exit code or signal), and the requests it was serving when it died,
+    /// as its scoreboard slot still holds them.
+    pub fn log_exit(&self, how: ExitHow, reason: Option<RestartReason>, view: &SlotView, now: Nanos) {
         let (code, signal) = match how {
             ExitHow::Code(c) => (Some(c), None),
             ExitHow::Signal(s) => (None, Some(s)),
         };
         let uptime_ms = now.saturating_sub(self.spawned) / MS;
-        match self.life {
-            Life::Killed { reason: KillReason::Quit } => {
+        let oldest = view.requests_in_flight.first();
+        macro_rules! died {
+            ($level:ident, $reason:expr, $msg:literal) => {
+                worker_event!(
+                    $level,
+                    self,
+                    reason = $reason,
+                    code,
+                    signal,
+                    uptime_ms,
+                    in_flight = view.in_flight,
+                    request_method = oldest.map(|r| r.method.as_str()),
+                    request_path = oldest.map(|r| r.path.as_str()),
+                    request_id = oldest.map(|r| r.label.as_str()),
+                    request_age_ms = oldest.map(|r| now.saturating_sub(r.started_ns) / MS),
+                    requests = describe(&view.requests_in_flight, now),
+                    $msg
+                )
+            };
+        }
+        let named = reason.map(RestartReason::as_str);
+        match (self.life, reason) {
+            (Life::Killed { reason: KillReason::Quit }, _) => {
                 worker_event!(info, self, code, signal, "worker stopped: fast stop")
             }
-            Life::Killed { reason } => {
-                worker_event!(warn, self, reason = reason.as_str(), code, signal, "worker killed by the supervisor")
-            }
-            Life::Retiring { reason, .. } if how == ExitHow::Code(0) => {
-                worker_event!(info, self, reason = reason.as_str(), uptime_ms, "worker exited after draining")
-            }
-            _ if how.is_outside_kill() => worker_event!(
-                error,
+            (Life::Killed { reason: killed }, _) => worker_event!(
+                warn,
                 self,
-                uptime_ms,
-                reason = "killed",
-                "worker killed by SIGKILL not sent by the supervisor (possibly the kernel OOM killer)"
+                reason = named.unwrap_or(killed.as_str()),
+                cause = killed.as_str(),
+                code,
+                signal,
+                "worker killed by the supervisor"
             ),
-            Life::Booting => worker_event!(error, self, code, signal, reason = "boot_failed", "worker failed to boot"),
-            _ => worker_event!(error, self, code, signal, uptime_ms, reason = "crash", "worker exited unexpectedly"),
+            (_, Some(RestartReason::OomKill)) => died!(error, "oom_kill", "worker killed by the kernel's OOM killer"),
+            (Life::Retiring { reason: retired, .. }, _) if how == ExitHow::Code(0) => {
+                worker_event!(info, self, reason = retired.as_str(), uptime_ms, "worker exited after draining")
+            }
+            (Life::Retiring { reason: retired, .. }, _) => {
+                died!(warn, retired.as_str(), "worker died while draining")
+            }
+            (_, Some(RestartReason::Killed)) => {
+                died!(error, "killed", "worker killed by SIGKILL not sent by the supervisor")
+            }
+            (Life::Booting, _) => died!(error, "boot_failure", "worker failed to boot"),
+            (_, Some(RestartReason::Exit)) => died!(warn, "exit", "worker exited on its own"),
+            _ => died!(error, named.unwrap_or("crash"), "worker exited unexpectedly"),
         }
     }
 
