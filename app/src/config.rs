@@ -405,7 +405,7 @@ const CORS_ALLOW_CREDENTIALS: Setting<bool> = Setting::boolean("app.cors_allow_c
 
 const DEBUG_ROUTES: Setting<bool> = Setting::boolean("app.debug_routes")
     .default("false")
-    .doc("Test switch, refused in prod: mounts /debug/sleep, /debug/block and /debug/panic.");
+    .doc("Test switch, refused in prod: mounts /debug/sleep, /debug/block, /debug/panic and /debug/hog.");
 
 const DEBUG_FAIL_BOOT_FILE: Setting<String> = Setting::text("app.debug_fail_boot_file")
     .unset(r#""/tmp/fail-boot""#)

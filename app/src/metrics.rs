@@ -126,6 +126,25 @@ impl Metrics {
         for (state, n) in &server.workers {
             let _ = writeln!(out, "supervisor_workers{{state=\"{state}\"}} {n}");
         }
+        header(
+            &mut out,
+            "supervisor_worker_memory_bytes",
+            "gauge",
+            "Memory of each worker (proportional set size, else resident set size) as the master last sampled it, \
+             by scoreboard slot.",
+        );
+        for w in &server.each_worker {
+            let _ = writeln!(out, "supervisor_worker_memory_bytes{{slot=\"{}\"}} {}", w.slot, w.memory_bytes);
+        }
+        header(
+            &mut out,
+            "supervisor_worker_age_seconds",
+            "gauge",
+            "Seconds since each worker was forked, by scoreboard slot.",
+        );
+        for w in &server.each_worker {
+            let _ = writeln!(out, "supervisor_worker_age_seconds{{slot=\"{}\"}} {:.3}", w.slot, w.age_seconds);
+        }
         header(&mut out, "supervisor_worker_restarts_total", "counter", "Workers replaced or retired, by reason.");
         for (reason, n) in &server.restarts {
             let _ = writeln!(out, "supervisor_worker_restarts_total{{reason=\"{reason}\"}} {n}");

@@ -58,6 +58,7 @@ pub(crate) const ROUTES: &[Route] = &[
     Route { template: "/debug/sleep", debug: true, methods: &[(Method::GET, |s, r, p| Box::pin(sleep(s, r, p)))] },
     Route { template: "/debug/block", debug: true, methods: &[(Method::GET, |s, r, p| Box::pin(block(s, r, p)))] },
     Route { template: "/debug/panic", debug: true, methods: &[(Method::GET, |s, r, p| Box::pin(panic(s, r, p)))] },
+    Route { template: "/debug/hog", debug: true, methods: &[(Method::GET, |s, r, p| Box::pin(hog(s, r, p)))] },
 ];
 
 // Every label has its counters: the route table fits the metrics memory.
@@ -196,6 +197,22 @@ async fn block(_: &State, req: Request, _: &Params) -> Result<Response, ApiError
 
 async fn panic(_: &State, _: Request, _: &Params) -> Result<Response, ApiError> {
     panic!("panic requested at /debug/panic")
+}
+
+/// What `/debug/hog` keeps allocated in this worker.
+static HOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps `?mib=N` MiB allocated in this worker (written, so the pages are resident) until the next call:
+/// the memory a leak would hold, to exercise `max_worker_memory` and the OOM killer.
+async fn hog(_: &State, req: Request, _: &Params) -> Result<Response, ApiError> {
+    let mib = match query_param(req.uri().query(), "mib").map(str::parse::<usize>) {
+        Some(Ok(mib)) if mib <= 4096 => mib,
+        _ => return Err(ApiError::validation(vec![FieldError::new("mib", "must be an integer between 0 and 4096")])),
+    };
+    tracing::warn!(mib, "holding memory on purpose");
+    let mut held = HOG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    *held = vec![0x5a; mib << 20];
+    Ok(json_response(StatusCode::OK, &json!({ "held_mib": mib })))
 }
 
 /// `?ms=N` of the debug routes, at most an hour.

@@ -108,6 +108,25 @@ pub struct ServerStats {
     pub gauges: [u64; GAUGE_COUNT],
     /// Log lines dropped since the master started (the output was not keeping up), by process role.
     pub log_lines_dropped: [(&'static str, u64); 2],
+    /// Every live worker, by scoreboard slot.
+    pub each_worker: Vec<WorkerStats>,
+}
+
+/// One live worker, as its scoreboard slot shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerStats {
+    /// Its scoreboard slot: a small number, reused by the worker that replaces it.
+    pub slot: usize,
+    /// Its pid.
+    pub pid: i32,
+    /// Its generation.
+    pub generation: u64,
+    /// `booting`, `ready`, `draining` or `retiring`.
+    pub state: &'static str,
+    /// Its memory (PSS, else RSS) as the master last sampled it, in bytes (0 before the first sample).
+    pub memory_bytes: u64,
+    /// Seconds since it was forked.
+    pub age_seconds: f64,
 }
 
 /// The server's statistics, or `None` outside a worker.
@@ -133,6 +152,14 @@ pub fn server_stats() -> Option<ServerStats> {
             continue;
         }
         stats.workers[k].1 += 1;
+        stats.each_worker.push(WorkerStats {
+            slot: i,
+            pid: view.pid,
+            generation: view.generation,
+            state: view.state.as_str(),
+            memory_bytes: view.memory_bytes,
+            age_seconds: now.saturating_sub(view.started_ns) as f64 / 1e9,
+        });
         stats.in_flight = stats.in_flight.saturating_add(view.in_flight);
         if view.state != SlotState::Booting {
             let age = now.saturating_sub(view.heartbeat_ns) as f64 / 1e9;

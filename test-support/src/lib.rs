@@ -15,7 +15,7 @@
 //!   requests are checked against the API description the server serves, [`openapi`]); [`conn`]: [`Conn`], a
 //!   connection the test holds (keep-alive, raw header lines, I/O errors as values).
 //! - [`process`]: processes and sockets from /proc, signals by pid; [`cgroup`]: a pids cgroup that makes
-//!   forks fail.
+//!   forks fail, a memory cgroup that gets a process OOM-killed.
 //! - [`pg`]: a throwaway PostgreSQL; [`nginx`]: the shipped edge configuration on Debian's nginx; [`pypi`]:
 //!   pinned Python tools from PyPI in a virtual environment of their own.
 #![forbid(unsafe_code)]
