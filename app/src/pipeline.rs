@@ -36,13 +36,28 @@ use crate::readiness::Readiness;
 use crate::request_id::{self, RequestId};
 use crate::routes::{self, Matched};
 use crate::state::State;
-use supervisor::{BootError, Label, PeerAddr};
+use supervisor::{BootError, Label};
 
-/// The application as every worker serves it: a tower service over the worker's requests, cheap to clone
-/// (one shared state per worker).
+/// The application as every worker serves it: the state its handlers share, and for each connection a
+/// tower service ([`Connection`]) that knows the client's address.
 #[derive(Clone)]
 pub struct App {
     state: Arc<State>,
+}
+
+/// The app's service for one connection: the worker's state and the client's address.
+#[derive(Clone)]
+pub struct Connection {
+    state: Arc<State>,
+    peer: SocketAddr,
+}
+
+impl supervisor::Connections for App {
+    type Service = Connection;
+
+    fn service(&self, peer: SocketAddr) -> Connection {
+        Connection { state: self.state.clone(), peer }
+    }
 }
 
 impl App {
@@ -75,16 +90,22 @@ impl App {
     }
 }
 
-/// The request's label in the worker's scoreboard: its request id (the client's `X-Request-ID` when valid,
-/// else a new one), kept in the request for the app to answer with. Set as the server's label hook.
+/// The request's label in the worker's scoreboard: its request id, the client's `X-Request-ID` when valid.
+/// Otherwise a new id, which replaces the request's `X-Request-ID`, so that the app answers with the id the
+/// scoreboard knows the request by. Set as the server's label hook.
 pub fn label(req: &mut Request) -> Label {
-    let id = RequestId::from_headers(req.headers());
+    if let Some(valid) =
+        req.headers().get(&request_id::HEADER).and_then(|v| v.to_str().ok()).filter(|v| request_id::is_valid(v))
+    {
+        return Label::new(valid);
+    }
+    let id = RequestId::generate();
     let label = Label::new(id.as_str());
-    req.extensions_mut().insert(id);
+    req.headers_mut().insert(request_id::HEADER, id.into_header_value());
     label
 }
 
-impl tower_service::Service<Request> for App {
+impl tower_service::Service<Request> for Connection {
     type Response = Response;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
@@ -93,10 +114,9 @@ impl tower_service::Service<Request> for App {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        let id = req.extensions_mut().remove::<RequestId>().unwrap_or_else(|| RequestId::from_headers(req.headers()));
-        let peer = req.extensions().get::<PeerAddr>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0);
-        let response = handle(self.state.clone(), req, peer, id);
+    fn call(&mut self, req: Request) -> Self::Future {
+        let id = RequestId::from_headers(req.headers());
+        let response = handle(self.state.clone(), req, self.peer, id);
         Box::pin(async move { Ok(response.await) })
     }
 }

@@ -60,7 +60,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use server::Server;
-pub use service::{BootError, BoxError, BoxFuture, FromHyper, Label, PeerAddr, Refusal, Request, from_hyper};
+pub use service::{
+    BootError, BoxError, BoxFuture, Connections, FromHyper, HttpService, Label, PeerAddr, PerConnection, Refusal,
+    Request, WithPeer, from_hyper, per_connection,
+};
 pub use settings::{Limits, Settings};
 pub use worker::draining;
 

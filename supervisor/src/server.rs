@@ -17,11 +17,8 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use hyper::body::Body;
-
 use crate::config::{AppSettings, ConfigError, Layers, Resolved, docs};
-use crate::service::{BoxError, Label, Request};
+use crate::service::{BoxError, Connections, Label, Request};
 use crate::worker::{Boot, Hooks, Worker};
 use crate::{BootError, Settings};
 
@@ -61,16 +58,13 @@ type CommandFn<C> = Box<dyn Fn(&Settings, &C) -> Result<(), BoxError>>;
 impl Server<()> {
     /// A server whose workers serve what `boot` builds: any tower service over [`Request`]s (an axum
     /// `Router`, a tower stack, a hyper service through [`crate::from_hyper`]) whose responses have any
-    /// body of [`Bytes`].
-    pub fn new<F, Fut, S, B>(boot: F) -> Server<()>
+    /// body of [`Bytes`], cloned for each connection; or [`crate::per_connection`], the service of each
+    /// connection made from its client's address (see [`Connections`]).
+    pub fn new<F, Fut, C>(boot: F) -> Server<()>
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<S, BootError>> + Send + 'static,
-        S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        Fut: Future<Output = Result<C, BootError>> + Send + 'static,
+        C: Connections,
     {
         Server::with_settings(move |()| boot())
     }
@@ -79,15 +73,11 @@ impl Server<()> {
 impl<C: AppSettings> Server<C> {
     /// A server whose workers serve what `boot` builds from the application's settings `C`, which are read
     /// from the same file, environment and flags as the supervisor's (see [`AppSettings`]).
-    pub fn with_settings<F, Fut, S, B>(boot: F) -> Server<C>
+    pub fn with_settings<F, Fut, T>(boot: F) -> Server<C>
     where
         F: Fn(C) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<S, BootError>> + Send + 'static,
-        S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        Fut: Future<Output = Result<T, BootError>> + Send + 'static,
+        T: Connections,
     {
         let boot = Arc::new(boot);
         Server {
@@ -342,16 +332,12 @@ struct Launch<C, F> {
     hooks: Hooks,
 }
 
-impl<C, F, Fut, S, B> Boot for Launch<C, F>
+impl<C, F, Fut, T> Boot for Launch<C, F>
 where
     C: AppSettings,
     F: Fn(C) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<S, BootError>> + Send + 'static,
-    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    Fut: Future<Output = Result<T, BootError>> + Send + 'static,
+    T: Connections,
 {
     fn boot_and_serve<'a>(&'a self, worker: Worker<'a>) -> Pin<Box<dyn Future<Output = i32> + 'a>> {
         Box::pin(crate::worker::boot_and_serve((self.boot)(self.config.clone()), worker, &self.hooks))
@@ -360,6 +346,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn server() -> Server<()> {

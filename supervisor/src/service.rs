@@ -1,13 +1,17 @@
 //! The seam between the supervisor and the service it runs.
 //!
 //! A worker serves any [`tower_service::Service`] that takes a [`Request`] and answers an
-//! `http::Response<B>` whose body `B` is any [`hyper::body::Body`] of [`Bytes`]: an axum `Router`, a tower
-//! middleware stack, a hyper `service_fn` (through [`from_hyper`]). Bodies stream both ways, and a service
+//! `http::Response<B>` whose body `B` is any [`hyper::body::Body`] of [`Bytes`] ([`HttpService`]): an axum
+//! `Router`, a tower middleware stack, a hyper `service_fn` (through [`from_hyper`]). What the boot function
+//! returns is a source of such services, one per connection ([`Connections`]): a service that is cloned for
+//! each connection (the client's address in every request's extensions), or [`per_connection`], a function
+//! that makes the service of each connection knowing its client's address. Bodies stream both ways, and a service
 //! may take over the connection with an HTTP/1.1 upgrade (`hyper::upgrade::on`, for WebSocket). The worker
 //! runtime owns everything around the service: accepting, HTTP/1.1 with keep-alive and head timeouts, the
 //! request-head limits, the scoreboard, draining.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,9 +28,112 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// The address of the TCP client (the proxy, behind a proxy), in every request's extensions.
+/// The address of the TCP client (the proxy, behind a proxy), in the extensions of every request to a
+/// service cloned for each connection (see [`Connections`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerAddr(pub std::net::SocketAddr);
+pub struct PeerAddr(pub SocketAddr);
+
+/// A tower service a worker can serve: over [`Request`]s, answering responses with any body of [`Bytes`].
+/// Implemented for every such [`tower_service::Service`] that is `Clone + Send`.
+pub trait HttpService: Clone + Send + 'static {
+    /// The response body.
+    type ResBody: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+    /// The error the service fails with (hyper closes the connection).
+    type Error: Into<BoxError>;
+    /// The response to come.
+    type Future: Future<Output = Result<hyper::Response<Self::ResBody>, Self::Error>> + Send + 'static;
+    /// As [`tower_service::Service::poll_ready`].
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+    /// As [`tower_service::Service::call`].
+    fn call(&mut self, req: Request) -> Self::Future;
+}
+
+impl<S, B> HttpService for S
+where
+    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    type ResBody = B;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        tower_service::Service::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, req: Request) -> S::Future {
+        tower_service::Service::call(self, req)
+    }
+}
+
+/// What a booted worker serves: the service each connection's requests go to.
+///
+/// Any [`HttpService`] is one (`Sync` too, as an axum `Router` is): it is cloned for each connection, and
+/// puts the client's address in every request's extensions ([`PeerAddr`]). [`per_connection`] makes each
+/// connection's service with a function of the client's address instead, which costs nothing per request.
+pub trait Connections: Send + Sync + 'static {
+    /// The service of one connection, cloned for each of its requests.
+    type Service: HttpService;
+    /// The service of a new connection from `peer`.
+    fn service(&self, peer: SocketAddr) -> Self::Service;
+}
+
+impl<S: HttpService + Sync> Connections for S {
+    type Service = WithPeer<S>;
+
+    fn service(&self, peer: SocketAddr) -> WithPeer<S> {
+        WithPeer { inner: self.clone(), peer }
+    }
+}
+
+/// A service that puts its connection's client address in every request's extensions ([`PeerAddr`]).
+#[derive(Clone)]
+pub struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S: HttpService> tower_service::Service<Request> for WithPeer<S> {
+    type Response = hyper::Response<S::ResBody>;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> S::Future {
+        req.extensions_mut().insert(PeerAddr(self.peer));
+        self.inner.call(req)
+    }
+}
+
+/// Each connection's service made by `make` from the client's address, once per connection: for a
+/// service that wants the address without looking it up in every request.
+pub fn per_connection<F, S>(make: F) -> PerConnection<F>
+where
+    F: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    S: HttpService,
+{
+    PerConnection(make)
+}
+
+/// See [`per_connection`].
+pub struct PerConnection<F>(F);
+
+impl<F, S> Connections for PerConnection<F>
+where
+    F: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    S: HttpService,
+{
+    type Service = S;
+
+    fn service(&self, peer: SocketAddr) -> S {
+        (self.0)(peer)
+    }
+}
 
 /// A request's label in the scoreboard: text of at most [`Label::CAPACITY`] bytes, kept inline, so that
 /// labelling a request allocates nothing. While a request is in flight (its response streaming included),

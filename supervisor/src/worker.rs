@@ -34,7 +34,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
 use crate::scoreboard::{ConnectionGuard, RequestGuard, Scoreboard, Slot, SlotState};
-use crate::service::{BoxError, Label, LabelFn, PeerAddr, Refusal, Request};
+use crate::service::{BoxError, Connections, HttpService, Label, LabelFn, Refusal, Request};
 use crate::{Limits, Settings, balance, sys};
 
 use crate::exit::{WORKER_BOOT_FAILED as EXIT_BOOT_FAILED, WORKER_SETUP_FAILED as EXIT_SETUP_FAILED};
@@ -184,18 +184,11 @@ struct Serving<'a> {
 }
 
 /// Boots the application (`boot`), marks the slot ready, and serves it until stopped; returns the exit code.
-pub(crate) async fn boot_and_serve<S, B>(
-    boot: impl Future<Output = Result<S, crate::BootError>>,
+pub(crate) async fn boot_and_serve<C: Connections>(
+    boot: impl Future<Output = Result<C, crate::BootError>>,
     worker: Worker<'_>,
     hooks: &Hooks,
-) -> i32
-where
-    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+) -> i32 {
     let Worker { listeners, serving, signals } = worker;
     let service = match boot.await {
         Ok(service) => service,
@@ -437,20 +430,13 @@ fn drain_linger(settings: &Settings) -> Duration {
     settings.keepalive.min(Duration::from_secs(1))
 }
 
-async fn serve<S, B>(
+async fn serve<C: Connections>(
     listeners: Vec<TcpListener>,
-    service: S,
+    service: C,
     serving: Serving<'_>,
     mut signals: StopSignals,
     hooks: &Hooks,
-) -> Stop
-where
-    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+) -> Stop {
     let Serving { board, slot, settings, limit, master_pipe } = serving;
     // Without a master to kill it at its drain deadline, a single process stops waiting by itself.
     let alone = master_pipe.is_none();
@@ -483,6 +469,7 @@ where
         master_pipe,
         hooks: hooks.clone(),
     });
+    let service = Arc::new(service);
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|l| tokio::spawn(accept_loop(l, shared.clone(), service.clone(), stop_rx.clone())))
@@ -527,14 +514,12 @@ where
     Stop::Graceful
 }
 
-async fn accept_loop<S, B>(listener: TcpListener, shared: Arc<Shared>, service: S, mut stop: watch::Receiver<bool>)
-where
-    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+async fn accept_loop<C: Connections>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    service: Arc<C>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             biased;
@@ -542,7 +527,7 @@ where
             // `accept` is cancellation-safe: a connection not taken yet stays queued for whoever's turn it is.
             _ = shared.spent.notified() => continue,
             accepted = async { shared.wait_turn().await; listener.accept().await } => match accepted {
-                Ok((stream, peer)) => spawn_connection(stream, peer, &shared, &service),
+                Ok((stream, peer)) => spawn_connection(stream, peer, &shared, service.as_ref()),
                 Err(error) => accept_failed(error).await,
             },
         }
@@ -554,7 +539,7 @@ where
         if stream.set_nonblocking(true).is_ok()
             && let Ok(stream) = TcpStream::from_std(stream)
         {
-            spawn_connection(stream, peer, &shared, &service);
+            spawn_connection(stream, peer, &shared, service.as_ref());
         }
     }
 }
@@ -593,24 +578,16 @@ async fn accept_failed(error: std::io::Error) {
     }
 }
 
-fn spawn_connection<S, B>(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, service: &S)
-where
-    S: tower_service::Service<Request, Response = hyper::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+fn spawn_connection<C: Connections>(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, connections: &C) {
     let _ = stream.set_nodelay(true);
     let stream = TrackedStream { stream, open: Some(shared.slot.connection_opened()), closed: shared.closed.clone() };
     let ctx = shared.clone();
-    let service = service.clone();
+    let service = connections.service(peer);
     let waiting = Arc::new(HeadWait::new());
     let wait = waiting.clone();
     let handler = hyper::service::service_fn(move |mut req: Request| {
         wait.head_arrived();
         let refusal = refusal(&ctx.limits, &req);
-        req.extensions_mut().insert(PeerAddr(peer));
         let label = ctx.label(&mut req);
         let guard =
             ctx.slot.request_started(req.method().as_str(), req.uri().path(), label.as_str(), sys::monotonic_ns());
@@ -682,12 +659,8 @@ impl std::fmt::Display for Failed {
 
 impl std::error::Error for Failed {}
 
-/// Calls a tower service once it is ready.
-async fn call<S, B>(service: &mut S, req: Request) -> Result<hyper::Response<B>, BoxError>
-where
-    S: tower_service::Service<Request, Response = hyper::Response<B>>,
-    S::Error: Into<BoxError>,
-{
+/// Calls a service once it is ready.
+async fn call<S: HttpService>(service: &mut S, req: Request) -> Result<hyper::Response<S::ResBody>, BoxError> {
     if let Err(error) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {
         return Err(error.into());
     }

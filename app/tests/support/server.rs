@@ -1,14 +1,14 @@
 //! Serves the app in-process: a tokio runtime on its own threads, a listener on a free loopback port, and
 //! hyper's HTTP/1 connection driver calling the app's tower service the way the supervisor's worker runtime
-//! does (the peer address in the request's extensions, the app's label hook first). Dropping the server
-//! shuts the runtime down.
+//! does (one service per connection, the app's label hook before each request). Dropping the server shuts
+//! the runtime down.
 
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use supervisor::{BootError, PeerAddr};
+use supervisor::{BootError, Connections};
 use tower_service::Service;
 
 pub struct TestServer {
@@ -38,10 +38,9 @@ impl TestServer {
                 let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
-                let service = service.clone();
+                let service = service.service(peer);
                 tokio::spawn(async move {
                     let handler = service_fn(move |mut req| {
-                        req.extensions_mut().insert(PeerAddr(peer));
                         app::label(&mut req);
                         service.clone().call(req)
                     });
