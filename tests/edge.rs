@@ -572,7 +572,8 @@ fn rendering_fails_naming_a_missing_variable() {
 }
 
 // The knobs are consistent: edge.env defines every variable the default templates use (no more), the TLS
-// template adds only its three, and docs/edge.md documents each one.
+// template adds only its three, docs/edge.md documents each one, and compose/prod.yml's default upstream is
+// edge.env's.
 #[test]
 fn every_variable_has_a_default_and_documentation() {
     let read = |p: &str| std::fs::read_to_string(conf_dir().join(p)).unwrap();
@@ -594,6 +595,10 @@ fn every_variable_has_a_default_and_documentation() {
     }
     // The defaults render.
     render(&templates, &dir.join("out"), &default_vars()).unwrap();
+    // compose/prod.yml restates the upstream's default, so that a host sets it once in compose/.env.
+    let prod = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/prod.yml")).unwrap();
+    let restated = format!("EDGE_API_UPSTREAM: \"${{EDGE_API_UPSTREAM:-{}}}\"", default_vars()["EDGE_API_UPSTREAM"]);
+    assert!(prod.contains(&restated), "compose/prod.yml does not restate edge.env's default: {restated}");
 
     // The sample SPA works under the default CSP: no inline script or style, scripts from /assets/ only.
     let index = read("site/index.html");
