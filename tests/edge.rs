@@ -331,7 +331,8 @@ fn the_tls_variant_sends_hsts() {
 }
 
 // a valid client id is forwarded, echoed once and logged by both; an invalid one is replaced by
-// an edge-generated id that the API logs too; a line break never carries anything into the id.
+// an edge-generated id that the API logs too; a line break never carries anything into the id. Both
+// access logs have the path without the query string.
 #[test]
 fn request_ids_are_forwarded_echoed_logged_or_replaced() {
     let server = api("", None);
@@ -348,9 +349,26 @@ fn request_ids_are_forwarded_echoed_logged_or_replaced() {
     assert_eq!(resp.header_all("x-request-id"), ["abc-123"]);
     assert_eq!(api_logged("abc-123")["path"], "/healthz");
     let logged = edge.wait_access_log("abc-123");
-    assert_eq!((logged["status"].as_u64(), logged["uri"].as_str()), (Some(200), Some("/healthz")));
+    assert_eq!((logged["status"].as_u64(), logged["path"].as_str()), (Some(200), Some("/healthz")));
     // The API sees the client's address, not the edge's forwarding header as sent by the client.
     assert_eq!(api_logged("abc-123")["client"], "127.0.0.1");
+
+    // A query string may carry a secret: both logs have the path as sent, neither has the query. The SPA
+    // fallback is logged under the requested path, not the /index.html it was served from.
+    for (id, path, query, proxied) in [
+        ("query-api", "/healthz", "access_token=s3cr3t", true),
+        ("query-spa", "/deep/link/42", "sig=s3cr3t&tab=2", false),
+    ] {
+        assert_eq!(get_with(&base, &format!("{path}?{query}"), &[("X-Request-ID", id)]).status, 200, "{path}");
+        let logged = edge.wait_access_log(id);
+        assert_eq!(logged["path"], path);
+        assert!(!logged.to_string().contains("s3cr3t"), "the edge logged the query: {logged}");
+        if proxied {
+            let api_line = api_logged(id);
+            assert_eq!(api_line["path"], path);
+            assert!(!api_line.to_string().contains("s3cr3t"), "the API logged the query: {api_line}");
+        }
+    }
 
     // Without an id, and with ids that could break a header, a log line or a JSON body: a generated id.
     let too_long = "x".repeat(129);
@@ -554,7 +572,8 @@ fn rendering_fails_naming_a_missing_variable() {
 }
 
 // The knobs are consistent: edge.env defines every variable the default templates use (no more), the TLS
-// template adds only its three, and docs/edge.md documents each one.
+// template adds only its three, docs/edge.md documents each one, and compose/prod.yml's default upstream is
+// edge.env's.
 #[test]
 fn every_variable_has_a_default_and_documentation() {
     let read = |p: &str| std::fs::read_to_string(conf_dir().join(p)).unwrap();
@@ -576,6 +595,10 @@ fn every_variable_has_a_default_and_documentation() {
     }
     // The defaults render.
     render(&templates, &dir.join("out"), &default_vars()).unwrap();
+    // compose/prod.yml restates the upstream's default, so that a host sets it once in compose/.env.
+    let prod = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/prod.yml")).unwrap();
+    let restated = format!("EDGE_API_UPSTREAM: \"${{EDGE_API_UPSTREAM:-{}}}\"", default_vars()["EDGE_API_UPSTREAM"]);
+    assert!(prod.contains(&restated), "compose/prod.yml does not restate edge.env's default: {restated}");
 
     // The sample SPA works under the default CSP: no inline script or style, scripts from /assets/ only.
     let index = read("site/index.html");

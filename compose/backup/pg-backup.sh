@@ -4,7 +4,7 @@
 #
 #   backup                       (default) pg_dump -Fc to /backups/<db>-<UTC timestamp>.dump, check it with
 #                                pg_restore -l, then delete dumps older than BACKUP_RETENTION_DAYS
-#   list                         the dumps, newest first
+#   list                         the dumps, newest first, with sizes (file names as restore takes them)
 #   restore FILE DB              restore FILE into a NEW database DB (created here; refuses an existing one)
 #   restore-in-place [--force] FILE
 #                                replace the objects of $PGDATABASE with FILE's, in one transaction; refused
@@ -84,8 +84,10 @@ backup() {
     find "$backups" -maxdepth 1 -type f -name '*.dump.partial' -mmin +1440 -exec rm -f {} +
 }
 
+# Newest first, with sizes and times, by the names restore and restore-in-place take (the host's folder is
+# not known in here, so no /backups paths).
 list() {
-    ls -1t "$backups"/*.dump 2>/dev/null || log "no dumps in $backups"
+    (cd "$backups" && ls -lt -- *.dump 2>/dev/null) || log "no dumps in $backups"
 }
 
 restore() {
