@@ -1,7 +1,7 @@
 //! `supervisor`: the prefork HTTP server of this repository. The `app` crate's service, run under the
 //! `supervisor` crate's [`supervisor::Server`], like any other service: the command line, the settings
 //! (the supervisor's and the app's, declared in their crates), signals, logging and exit codes all come from
-//! there. This binary adds the app's label hook, its own answers to refused requests, and `migrate`.
+//! there. This binary adds the app's own answers to refused requests, and `migrate`.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -19,7 +19,6 @@ fn main() -> ExitCode {
         .name("supervisor")
         .about("A prefork HTTP application server. Flags beat the environment, which beats the config file.")
         .version(env!("CARGO_PKG_VERSION"))
-        .label(app::label)
         .answer_refusals()
         .command("migrate", "Apply the embedded database migrations.", migrate)
         .main()

@@ -4,7 +4,8 @@
 //! It knows nothing of fork, pids or signals: the binary runs it under the supervisor crate's
 //! [`supervisor::Server`], which resolves its settings ([`Config`], declared in `config` like the
 //! supervisor's own), boots it in every worker after fork ([`App::boot`]) and hands it every request
-//! (`App` makes a tower service, [`Connection`], for each connection), labelled by [`label`]. The binary's `migrate` command runs [`migrate`].
+//! (`App` makes a service, [`Connection`], for each connection, which labels each request with its request
+//! id). The binary's `migrate` command runs [`migrate`].
 //!
 //! Code map (no module imports one that imports it back):
 //! - `config`: settings, their declarations and validation, the redacting [`DatabaseUrl`].
@@ -45,5 +46,5 @@ pub use migrations::{
     ADVISORY_LOCK_KEY, AppliedMigration, MigrateError, MigrationReport, embedded_versions, latest_embedded_version,
     migrate,
 };
-pub use pipeline::{App, Connection, label};
+pub use pipeline::{App, Connection};
 pub use request_id::{RequestId, is_valid as is_valid_request_id};

@@ -1,6 +1,6 @@
 //! The request pipeline around every handler, in order:
 //!
-//! 1. [`label`] (the server's label hook, before the request reaches the service): assign the request id,
+//! 1. `label` (called by the worker just before the request reaches the service): assign the request id,
 //!    which the supervisor records in the scoreboard so a hung request can be named.
 //! 2. `handle`, in the `request` span carrying the id: answer CORS preflights; route; run the handler
 //!    under the per-request deadline (504) with panics caught (500); render errors in the contract.
@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::body::Body as _;
 use hyper::header::{HeaderMap, HeaderValue, ORIGIN, USER_AGENT};
 use hyper::{Method, Uri};
@@ -45,18 +47,21 @@ pub struct App {
     state: Arc<State>,
 }
 
-/// The app's service for one connection: the worker's state and the client's address.
+/// The app's service for one connection: the worker's state and the client's address. The worker clones it
+/// for each request, labels the request with it, then calls it: the clone keeps the request id it chose.
 #[derive(Clone)]
 pub struct Connection {
     state: Arc<State>,
     peer: SocketAddr,
+    /// The request id [`supervisor::HttpService::label`] chose for the request about to be called.
+    id: Option<RequestId>,
 }
 
 impl supervisor::Connections for App {
     type Service = Connection;
 
     fn service(&self, peer: SocketAddr) -> Connection {
-        Connection { state: self.state.clone(), peer }
+        Connection { state: self.state.clone(), peer, id: None }
     }
 }
 
@@ -90,23 +95,8 @@ impl App {
     }
 }
 
-/// The request's label in the worker's scoreboard: its request id, the client's `X-Request-ID` when valid.
-/// Otherwise a new id, which replaces the request's `X-Request-ID`, so that the app answers with the id the
-/// scoreboard knows the request by. Set as the server's label hook.
-pub fn label(req: &mut Request) -> Label {
-    if let Some(valid) =
-        req.headers().get(&request_id::HEADER).and_then(|v| v.to_str().ok()).filter(|v| request_id::is_valid(v))
-    {
-        return Label::new(valid);
-    }
-    let id = RequestId::generate();
-    let label = Label::new(id.as_str());
-    req.headers_mut().insert(request_id::HEADER, id.into_header_value());
-    label
-}
-
-impl tower_service::Service<Request> for Connection {
-    type Response = Response;
+impl supervisor::HttpService for Connection {
+    type ResBody = Full<Bytes>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
@@ -114,10 +104,35 @@ impl tower_service::Service<Request> for Connection {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    /// The request id: the client's `X-Request-ID` when valid, else a new one. The worker records it in
+    /// its scoreboard, so a hung request can be named by the id its client will look for.
+    fn label(&mut self, req: &Request) -> Label {
         let id = RequestId::from_headers(req.headers());
-        let response = handle(self.state.clone(), req, self.peer, id);
-        Box::pin(async move { Ok(response.await) })
+        let label = Label::new(id.as_str());
+        self.id = Some(id);
+        label
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let id = self.id.take().unwrap_or_else(|| RequestId::from_headers(req.headers()));
+        Box::pin(Infallibly { inner: handle(self.state.clone(), req, self.peer, id) })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future that cannot fail, as one that returns `Ok`. No state of its own (an async block would add
+    /// some), so that the boxed future of a request is no larger than the request's own.
+    struct Infallibly<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for Infallibly<F> {
+    type Output = Result<F::Output, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map(Ok)
     }
 }
 

@@ -4,19 +4,18 @@
 //! without an authority).
 
 use hyper::Version;
-use hyper::header::{GetAll, HeaderValue};
+use hyper::header::HeaderValue;
 
 use crate::service::Refusal;
 
-/// Why the `Host` header(s) of a request of `version` are refused, if they are.
-pub(crate) fn check(version: Version, hosts: GetAll<'_, HeaderValue>) -> Option<Refusal> {
-    let mut values = hosts.iter();
-    match (values.next(), values.next()) {
-        (None, _) if version == Version::HTTP_11 => Some(Refusal::MissingHost),
-        (None, _) => None,
-        (Some(_), Some(_)) => Some(Refusal::DuplicateHost),
-        (Some(host), None) if !is_valid(host.as_bytes()) => Some(Refusal::InvalidHost),
-        (Some(_), None) => None,
+/// Why a request of `version` with `count` Host fields, the last one `host`, is refused, if it is.
+pub(crate) fn check(version: Version, count: usize, host: Option<&HeaderValue>) -> Option<Refusal> {
+    match (count, host) {
+        (0, _) if version == Version::HTTP_11 => Some(Refusal::MissingHost),
+        (0, _) | (_, None) => None,
+        (1, Some(host)) if !is_valid(host.as_bytes()) => Some(Refusal::InvalidHost),
+        (1, Some(_)) => None,
+        _ => Some(Refusal::DuplicateHost),
     }
 }
 
@@ -87,7 +86,7 @@ mod tests {
         for h in hosts {
             headers.append(HOST, HeaderValue::from_str(h).unwrap());
         }
-        check(version, headers.get_all(HOST))
+        check(version, headers.get_all(HOST).iter().count(), headers.get_all(HOST).iter().next_back())
     }
 
     #[test]

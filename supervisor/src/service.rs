@@ -34,7 +34,10 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub struct PeerAddr(pub SocketAddr);
 
 /// A tower service a worker can serve: over [`Request`]s, answering responses with any body of [`Bytes`].
-/// Implemented for every such [`tower_service::Service`] that is `Clone + Send`.
+/// Implemented for every such [`tower_service::Service`] that is `Clone + Send`. A type of your own may
+/// implement it directly instead, to label its requests itself: the worker clones the service for every
+/// request and calls [`HttpService::label`] then [`HttpService::call`] on the same clone, which can keep
+/// what the label took to compute (this repository's app keeps the request id it chose).
 pub trait HttpService: Clone + Send + 'static {
     /// The response body.
     type ResBody: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
@@ -46,6 +49,11 @@ pub trait HttpService: Clone + Send + 'static {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
     /// As [`tower_service::Service::call`].
     fn call(&mut self, req: Request) -> Self::Future;
+    /// The request's label in the scoreboard, called just before [`HttpService::call`] (unless the server has
+    /// a label hook, [`crate::Server::label`]). Default: [`Label::of_request_id`].
+    fn label(&mut self, req: &Request) -> Label {
+        Label::of_request_id(req)
+    }
 }
 
 impl<S, B> HttpService for S

@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -34,7 +34,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
 use crate::scoreboard::{ConnectionGuard, RequestGuard, Scoreboard, Slot, SlotState};
-use crate::service::{BoxError, Connections, HttpService, Label, LabelFn, Refusal, Request};
+use crate::service::{BoxError, BoxFuture, Connections, HttpService, LabelFn, Refusal, Request};
 use crate::{Limits, Settings, balance, sys};
 
 use crate::exit::{WORKER_BOOT_FAILED as EXIT_BOOT_FAILED, WORKER_SETUP_FAILED as EXIT_SETUP_FAILED};
@@ -404,14 +404,6 @@ impl Shared {
         }
     }
 
-    /// The request's label for the scoreboard.
-    fn label(&self, req: &mut Request) -> Label {
-        match &self.hooks.label {
-            Some(label) => label(req),
-            None => Label::of_request_id(req),
-        }
-    }
-
     /// Waits until this worker holds no connection, upgraded ones included.
     async fn all_closed(&self) {
         loop {
@@ -561,13 +553,17 @@ pub(crate) fn refusal(limits: &Limits, req: &Request) -> Option<Refusal> {
     if req.headers().len() > limits.request_fields {
         return Some(Refusal::TooManyHeaderFields { limit: limits.request_fields });
     }
-    let too_large = |(name, value): (&hyper::header::HeaderName, &hyper::header::HeaderValue)| {
-        name.as_str().len() + 2 + value.len() > limits.request_field_size
-    };
-    if limits.request_field_size > 0 && req.headers().iter().any(too_large) {
-        return Some(Refusal::HeaderFieldTooLarge { limit: limits.request_field_size });
+    // One pass over the fields: their sizes, and the Host fields.
+    let mut hosts = (0, None);
+    for (name, value) in req.headers() {
+        if limits.request_field_size > 0 && name.as_str().len() + 2 + value.len() > limits.request_field_size {
+            return Some(Refusal::HeaderFieldTooLarge { limit: limits.request_field_size });
+        }
+        if name == hyper::header::HOST {
+            hosts = (hosts.0 + 1, Some(value));
+        }
     }
-    crate::host::check(req.version(), req.headers().get_all(hyper::header::HOST))
+    crate::host::check(req.version(), hosts.0, hosts.1)
 }
 
 async fn accept_failed(error: std::io::Error) {
@@ -588,35 +584,30 @@ fn spawn_connection<C: Connections>(stream: TcpStream, peer: SocketAddr, shared:
     let handler = hyper::service::service_fn(move |mut req: Request| {
         wait.head_arrived();
         let refusal = refusal(&ctx.limits, &req);
-        let label = ctx.label(&mut req);
+        let mut service = service.clone();
+        let label = match &ctx.hooks.label {
+            Some(label) => label(&mut req),
+            None => service.label(&req),
+        };
         let guard =
             ctx.slot.request_started(req.method().as_str(), req.uri().path(), label.as_str(), sys::monotonic_ns());
-        let answered = match refusal {
-            Some(refusal) if !ctx.hooks.service_answers_refusals => Err(refusal.response()),
-            Some(refusal) => {
-                req.extensions_mut().insert(refusal);
-                Ok(req)
+        let call = match refusal {
+            Some(refusal) if !ctx.hooks.service_answers_refusals => {
+                Call::Answered { response: Some(refusal.response()) }
             }
-            None => Ok(req),
+            refused => {
+                if let Some(refusal) = refused {
+                    req.extensions_mut().insert(refusal);
+                }
+                Call::start(service, req)
+            }
         };
-        let mut service = service.clone();
-        let done = Done { guard: Some(guard), wait: wait.clone(), shared: ctx.clone() };
-        async move {
-            let mut response = match answered {
-                Ok(req) => match call(&mut service, req).await {
-                    Ok(response) => response.map(Either::Left),
-                    Err(error) => return Err(Failed(error)),
-                },
-                Err(response) => response.map(Either::Right),
-            };
-            // Like gunicorn, a refused request ends its connection: what follows it may not be framed as the
-            // client meant.
-            if refusal.is_some() || done.shared.draining.load(Ordering::Relaxed) {
-                response
-                    .headers_mut()
-                    .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
-            }
-            Ok::<_, Failed>(response.map(|body| TrackedBody { body, done: Some(done) }))
+        // Like gunicorn, a refused request ends its connection: what follows it may not be framed as the
+        // client meant.
+        Reply {
+            call,
+            done: Some(Done { guard: Some(guard), wait: wait.clone(), shared: ctx.clone() }),
+            close: refusal.is_some(),
         }
     });
     let connection = shared.builder.serve_connection(TokioIo::new(stream), handler).with_upgrades();
@@ -659,14 +650,73 @@ impl std::fmt::Display for Failed {
 
 impl std::error::Error for Failed {}
 
-/// Calls a service once it is ready.
-async fn call<S: HttpService>(service: &mut S, req: Request) -> Result<hyper::Response<S::ResBody>, BoxError> {
-    if let Err(error) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {
-        return Err(error.into());
+pin_project_lite::pin_project! {
+    /// A request's response to come: the worker's own answer, or the service's.
+    #[project = CallProj]
+    enum Call<S: HttpService> {
+        /// Refused by the worker, answered at once.
+        Answered { response: Option<hyper::Response<Full<Bytes>>> },
+        /// Called: the service's future.
+        Started { #[pin] future: S::Future },
+        /// The service was not ready at once: waits for it, then calls it.
+        Waiting { future: BoxFuture<Result<hyper::Response<S::ResBody>, BoxError>> },
+        /// The service failed before it was called.
+        Failed { error: Option<BoxError> },
     }
-    match service.call(req).await {
-        Ok(response) => Ok(response),
-        Err(error) => Err(error.into()),
+}
+
+impl<S: HttpService> Call<S> {
+    /// Calls `service` with `req` at once when it is ready, as nearly every service always is: the request
+    /// is handed over here rather than kept in a future until it is first polled.
+    fn start(mut service: S, req: Request) -> Call<S> {
+        match service.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(())) => Call::Started { future: service.call(req) },
+            Poll::Ready(Err(error)) => Call::Failed { error: Some(error.into()) },
+            Poll::Pending => Call::Waiting {
+                future: Box::pin(async move {
+                    std::future::poll_fn(|cx| service.poll_ready(cx)).await.map_err(Into::into)?;
+                    service.call(req).await.map_err(Into::into)
+                }),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What hyper awaits for a request: the response, its body wrapped to end the exchange when written,
+    /// with `Connection: close` when the request was refused or the worker drains.
+    struct Reply<S: HttpService> {
+        #[pin]
+        call: Call<S>,
+        done: Option<Done>,
+        close: bool,
+    }
+}
+
+impl<S: HttpService> Future for Reply<S> {
+    type Output = Result<hyper::Response<TrackedBody<Either<S::ResBody, Full<Bytes>>>>, Failed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match this.call.project() {
+            CallProj::Answered { response } => response.take().expect("polled after completion").map(Either::Right),
+            CallProj::Started { future } => match std::task::ready!(future.poll(cx)) {
+                Ok(response) => response.map(Either::Left),
+                Err(error) => return Poll::Ready(Err(Failed(error.into()))),
+            },
+            CallProj::Waiting { future } => match std::task::ready!(future.as_mut().poll(cx)) {
+                Ok(response) => response.map(Either::Left),
+                Err(error) => return Poll::Ready(Err(Failed(error))),
+            },
+            CallProj::Failed { error } => {
+                return Poll::Ready(Err(Failed(error.take().expect("polled after completion"))));
+            }
+        };
+        let done = this.done.take().expect("polled after completion");
+        if *this.close || done.shared.draining.load(Ordering::Relaxed) {
+            response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(response.map(|body| TrackedBody { body, done: Some(done) })))
     }
 }
 

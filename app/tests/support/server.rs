@@ -8,8 +8,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use supervisor::{BootError, Connections};
-use tower_service::Service;
+use supervisor::{BootError, Connections, HttpService};
 
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`.
@@ -40,9 +39,10 @@ impl TestServer {
                 };
                 let service = service.service(peer);
                 tokio::spawn(async move {
-                    let handler = service_fn(move |mut req| {
-                        app::label(&mut req);
-                        service.clone().call(req)
+                    let handler = service_fn(move |req| {
+                        let mut service = service.clone();
+                        service.label(&req);
+                        service.call(req)
                     });
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await;
                 });
