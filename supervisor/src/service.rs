@@ -103,8 +103,8 @@ pub struct WithPeer<S> {
     peer: SocketAddr,
 }
 
-impl<S: HttpService> tower_service::Service<Request> for WithPeer<S> {
-    type Response = hyper::Response<S::ResBody>;
+impl<S: HttpService> HttpService for WithPeer<S> {
+    type ResBody = S::ResBody;
     type Error = S::Error;
     type Future = S::Future;
 
@@ -115,6 +115,10 @@ impl<S: HttpService> tower_service::Service<Request> for WithPeer<S> {
     fn call(&mut self, mut req: Request) -> S::Future {
         req.extensions_mut().insert(PeerAddr(self.peer));
         self.inner.call(req)
+    }
+
+    fn label(&mut self, req: &Request) -> Label {
+        self.inner.label(req)
     }
 }
 
