@@ -537,7 +537,7 @@ async fn accept_loop<C: Connections>(
 }
 
 /// Whether a parsed request breaks the head limits or the `Host` rules, and which.
-pub(crate) fn refusal(limits: &Limits, req: &Request) -> Option<Refusal> {
+pub(crate) fn refusal<B>(limits: &Limits, req: &hyper::Request<B>) -> Option<Refusal> {
     if limits.request_line > 0 {
         let uri = req.uri();
         let target = match (uri.scheme_str(), uri.authority()) {
@@ -872,6 +872,39 @@ async fn close_on_head_timeout(wait: &HeadWait, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(target: &str, headers: &[(&str, &str)]) -> hyper::Request<()> {
+        let mut req = hyper::Request::builder().uri(target);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn refusals_follow_the_limits_then_the_host_rules() {
+        let limits = Limits { request_line: 40, request_fields: 3, request_field_size: 30 };
+        let host = ("host", "example.com");
+        // "GET " + target + " HTTP/1.1": 13 bytes around the target.
+        assert_eq!(refusal(&limits, &request(&format!("/{}", "a".repeat(26)), &[host])), None);
+        assert_eq!(
+            refusal(&limits, &request(&format!("/{}", "a".repeat(27)), &[host])),
+            Some(Refusal::RequestLineTooLong { limit: 40 })
+        );
+        let four = [host, ("a", "1"), ("b", "2"), ("c", "3")];
+        assert_eq!(refusal(&limits, &request("/", &four)), Some(Refusal::TooManyHeaderFields { limit: 3 }));
+        let long = ("x-long", "v".repeat(23));
+        assert_eq!(refusal(&limits, &request("/", &[host, (long.0, &long.1[..22])])), None);
+        assert_eq!(
+            refusal(&limits, &request("/", &[host, (long.0, &long.1)])),
+            Some(Refusal::HeaderFieldTooLarge { limit: 30 })
+        );
+        assert_eq!(refusal(&limits, &request("/", &[])), Some(Refusal::MissingHost));
+        assert_eq!(refusal(&limits, &request("/", &[host, host])), Some(Refusal::DuplicateHost));
+        assert_eq!(refusal(&limits, &request("/", &[("host", "a b")])), Some(Refusal::InvalidHost));
+        let unlimited = Limits { request_line: 0, request_fields: 100, request_field_size: 0 };
+        assert_eq!(refusal(&unlimited, &request(&format!("/{}", "a".repeat(9000)), &[host])), None);
+    }
 
     #[test]
     fn a_connection_waits_for_a_head_only_between_requests() {
