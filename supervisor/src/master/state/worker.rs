@@ -15,6 +15,28 @@ macro_rules! worker_event {
 }
 pub(crate) use worker_event;
 
+/// Logs an event about a worker (as [`worker_event`]) with `fields`, then what its scoreboard slot `view`
+/// says it was serving at `now`: the number in flight, the oldest request's method, path, id and age, and all
+/// of them (`requests`).
+macro_rules! worker_requests_event {
+    ($level:ident, $w:expr, $view:expr, $now:expr, { $($fields:tt)* }, $msg:literal) => {{
+        let (view, now): (&SlotView, Nanos) = ($view, $now);
+        let oldest = view.requests_in_flight.first();
+        worker_event!(
+            $level,
+            $w,
+            $($fields)*
+            in_flight = view.in_flight,
+            request_method = oldest.map(|r| r.method.as_str()),
+            request_path = oldest.map(|r| r.path.as_str()),
+            request_id = oldest.map(|r| r.label.as_str()),
+            request_age_ms = oldest.map(|r| now.saturating_sub(r.started_ns) / MS),
+            requests = describe(&view.requests_in_flight, now),
+            $msg
+        )
+    }};
+}
+
 /// Where a worker is in its life. Every transition is a master decision except `Booting -> Ready` (read
 /// from the scoreboard) and the exit (reaped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,24 +294,9 @@ impl Worker {
             ExitHow::Signal(s) => (None, Some(s)),
         };
         let uptime_ms = now.saturating_sub(self.spawned) / MS;
-        let oldest = view.requests_in_flight.first();
         macro_rules! died {
             ($level:ident, $reason:expr, $msg:literal) => {
-                worker_event!(
-                    $level,
-                    self,
-                    reason = $reason,
-                    code,
-                    signal,
-                    uptime_ms,
-                    in_flight = view.in_flight,
-                    request_method = oldest.map(|r| r.method.as_str()),
-                    request_path = oldest.map(|r| r.path.as_str()),
-                    request_id = oldest.map(|r| r.label.as_str()),
-                    request_age_ms = oldest.map(|r| now.saturating_sub(r.started_ns) / MS),
-                    requests = describe(&view.requests_in_flight, now),
-                    $msg
-                )
+                worker_requests_event!($level, self, view, now, { reason = $reason, code, signal, uptime_ms, }, $msg)
             };
         }
         let named = reason.map(RestartReason::as_str);
@@ -324,19 +331,12 @@ impl Worker {
 
     /// Logs a heartbeat timeout with what the scoreboard says the worker was doing.
     pub fn log_timeout(&self, view: &SlotView, now: Nanos, timeout: Nanos) {
-        let oldest = view.requests_in_flight.first();
-        worker_event!(
+        worker_requests_event!(
             error,
             self,
-            reason = "timeout",
-            silence_ms = now.saturating_sub(self.beat) / MS,
-            timeout_ms = timeout / MS,
-            in_flight = view.in_flight,
-            request_method = oldest.map(|r| r.method.as_str()),
-            request_path = oldest.map(|r| r.path.as_str()),
-            request_id = oldest.map(|r| r.label.as_str()),
-            request_age_ms = oldest.map(|r| now.saturating_sub(r.started_ns) / MS),
-            requests = describe(&view.requests_in_flight, now),
+            view,
+            now,
+            { reason = "timeout", silence_ms = now.saturating_sub(self.beat) / MS, timeout_ms = timeout / MS, },
             "worker timed out: no heartbeat within timeout, killing it"
         );
     }
