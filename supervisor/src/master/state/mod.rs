@@ -832,7 +832,13 @@ impl State {
 
     /// Moves a reload forward: spawn the new generation, switch once it is ready, abort at its deadline.
     fn progress_reload(&mut self, now: Nanos, actions: &mut Vec<Action>) {
-        let Some(Reload { generation, deadline: Some(deadline) }) = self.reload else { return };
+        let Some(Reload { generation, deadline: Some(deadline) }) = self.reload else {
+            // A reload aborted by a worker's death leaves the one asked for during it to start now.
+            if self.reload.is_none() && std::mem::take(&mut self.reload_again) {
+                self.start_reload(actions);
+            }
+            return;
+        };
         let policy = self.policy(generation);
         let ready = self.workers.iter().filter(|w| w.generation == generation && w.ready()).count();
         if ready >= policy.workers {

@@ -404,6 +404,7 @@ impl World {
         let s = &self.h.state;
         s.phase == Phase::Running
             && !s.reloading()
+            && !s.reload_again
             && self.h.serving().len() == s.desired
             && s.workers.iter().all(|w| w.generation == s.current && w.life == (Life::Ready { recycle: None }))
     }

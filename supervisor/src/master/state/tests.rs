@@ -478,6 +478,20 @@ fn hups_during_a_reload_coalesce_into_one_more() {
 }
 
 #[test]
+fn a_hup_during_a_reload_that_a_dying_worker_aborts_is_not_lost() {
+    let mut h = Harness::running();
+    let old = h.pids();
+    h.handle(Event::Signal(Sig::Hup));
+    h.handle(Event::Signal(Sig::Hup));
+    let new: Vec<i32> = h.pids().into_iter().filter(|p| !old.contains(p)).collect();
+    h.exit(new[0], ExitHow::Code(3));
+    h.reap_killed();
+    assert!(h.state.reloading(), "the HUP that came during the aborted reload runs now");
+    h.all_ready();
+    assert_eq!(h.state.generation(), 3);
+}
+
+#[test]
 fn restarts_are_counted_by_reason() {
     let mut h = Harness::running();
     let reason = |h: &Harness, r: RestartReason| h.state.counters().restarts[r.index()];
