@@ -201,6 +201,7 @@ where
         Ok(service) => service,
         Err(error) => {
             tracing::error!(error = %error, "worker failed to boot");
+            serving.slot.set_boot_error(&error.to_string());
             return EXIT_BOOT_FAILED;
         }
     };
