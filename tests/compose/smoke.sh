@@ -137,6 +137,12 @@ check "2. GET /_edge/healthz: 200 from nginx itself (the edge's healthcheck)" \
     test "$(curl -s --max-time 5 -w ' %{http_code}' "$EDGE/_edge/healthz")" = '{"status":"ok"} 200'
 readyz_inside() { CT=20 compose exec -T api supervisor healthcheck http://127.0.0.1:8000/readyz; }
 check "2. /readyz answers 200 inside the network (supervisor healthcheck in the api container)" readyz_inside
+# The master's control socket, on the container's /tmp tmpfs, found by `ctl` through the container's settings.
+ctl_status() {
+    CT=20 compose exec -T api supervisor ctl status --json >"$TMP/ctl.json" &&
+        json "$TMP/ctl.json" "j['phase'] == 'running' and j['pid'] == 1 and len(j['workers']) == 2"
+}
+check "2. supervisor ctl status in the api container: the master (PID 1) running 2 workers" ctl_status
 
 ITEM_ID=$(post_item "smoke item" 3)
 check "2. POST /api/items through the edge: 201 with an id" test -n "$ITEM_ID"
@@ -235,6 +241,8 @@ check "4. SIGHUP to the api under load: 0 failed requests through the edge ($LOA
 settled() { [ "$(workers)" -eq 2 ] && [ "$(zombies)" -eq 0 ]; }
 WAIT_EVERY=0.5 check "4. after the reload: 2 workers, no zombie process in the container (PID 1 reaps)" \
     wait_for 30 "2 workers and no zombie" settled
+ctl_reload() { CT=60 compose exec -T api supervisor ctl reload --wait --timeout 40 | grep -q '^reload complete: generation 3 '; }
+check "4. supervisor ctl reload --wait in the api container: exit 0 once generation 3 serves" ctl_reload
 
 # ------------------------------------------------------------------------------------ 5. backup and restore
 for i in 1 2 3 4 5; do
