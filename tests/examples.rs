@@ -209,3 +209,19 @@ fn request_limits_and_the_heartbeat_timeout_apply_to_the_example() {
     });
     assert_eq!(conn::get(server.addr(), "/").unwrap().status, 200);
 }
+
+// `ctl` is part of every service built on the library: the example's own binary asks its master.
+#[test]
+fn an_example_answers_ctl_like_the_binary() {
+    let axum = example_binary("axum");
+    let server = example("axum", "workers = 1");
+    server.wait_workers_ready(1);
+    let out = server.ctl(&axum, &["status", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["pid"].as_i64(), Some(server.pid as i64));
+    assert_eq!(status["workers"].as_array().map(Vec::len), Some(1));
+    let out = server.ctl(&axum, &["scale", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    server.wait_workers_ready(2);
+}

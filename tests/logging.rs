@@ -74,7 +74,9 @@ impl Process {
         let mut cmd = Command::new(binary!());
         cmd.arg("--config").arg(&path).stdin(Stdio::null()).stdout(stdout);
         cmd.stderr(std::fs::File::create(dir.join("stderr")).unwrap());
-        test_support::server::clean_env(&mut cmd, &[]);
+        // The control socket in the test's directory: a server killed by the test leaves nothing in /tmp.
+        let control = dir.join("supervisor.ctl").display().to_string();
+        test_support::server::clean_env(&mut cmd, &[("SUPERVISOR_CONTROL_SOCKET", &control)]);
         let child = cmd.spawn().expect("spawn supervisor");
         let pid = child.id() as i32;
         Process { child, pid, port, dir }

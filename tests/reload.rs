@@ -27,11 +27,6 @@ fn access_lines(server: &Server) -> usize {
     server.stdout.json().iter().filter(|l| field(l, "target") == "access").count()
 }
 
-/// Rewrites the server's config file (the reload reads it again).
-fn rewrite(server: &Server, top: &str, app: &str) {
-    std::fs::write(&server.config, config_with(server.port, top, app)).unwrap();
-}
-
 /// Sends HUP and waits for the reload to finish one way or the other; returns its final log line.
 fn reload(server: &Server, outcome: &str) -> serde_json::Value {
     let before = server.stdout.json().len();
@@ -87,7 +82,7 @@ fn a_reload_whose_workers_cannot_boot_is_aborted_and_the_old_generation_serves()
     let old: BTreeSet<i32> = server.workers().into_iter().collect();
     let flag = server.dir.join("fail-boot");
     std::fs::write(&flag, "").unwrap();
-    rewrite(&server, "", &format!("debug_fail_boot_file = {:?}", flag.display().to_string()));
+    server.rewrite("", &format!("debug_fail_boot_file = {:?}", flag.display().to_string()));
     let load = Load::start(server.addr(), "/healthz", 8, 2);
     wait_served(&server, 100);
     let aborted = reload(&server, "reload aborted");
@@ -99,7 +94,7 @@ fn a_reload_whose_workers_cannot_boot_is_aborted_and_the_old_generation_serves()
         (server.workers().into_iter().collect::<BTreeSet<_>>() == old).then_some(())
     });
 
-    rewrite(&server, "", "");
+    server.rewrite("", "");
     let done = reload(&server, "reload complete");
     assert_eq!(done["generation"].as_u64(), Some(3));
     wait_for(Duration::from_secs(15), "old workers gone", || old.iter().all(|p| !alive(*p)).then_some(()));
@@ -123,7 +118,7 @@ fn a_reload_with_invalid_toml_changes_nothing() {
 #[test]
 fn a_reload_applies_the_new_worker_count_and_keepalive() {
     let server = Server::start_ready(binary!(), "keepalive = 5", "", 2);
-    rewrite(&server, "workers = 4\nkeepalive = 1", "");
+    server.rewrite("workers = 4\nkeepalive = 1", "");
     reload(&server, "reload complete");
     wait_for(Duration::from_secs(15), "4 workers of generation 2", || {
         let gens = generations(&server);

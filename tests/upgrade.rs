@@ -101,3 +101,39 @@ fn a_broken_new_binary_leaves_the_old_master_serving() {
     assert_eq!(server.workers(), workers);
     assert!(alive(server.pid));
 }
+
+// `ctl upgrade --wait` answers once the new master took over (then it answers on the same socket), or says
+// why the upgrade failed.
+#[test]
+fn ctl_upgrade_waits_for_the_new_master_to_take_over_or_says_why_not() {
+    let dir = TempDir::new("upgrade-ctl");
+    let bin = copy_binary(dir.path());
+    let mut server = start(&bin, "");
+    replace_file(&bin, &std::fs::read(binary!()).unwrap());
+    let out = server.ctl(binary!(), &["upgrade", "--wait", "--timeout", "60"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let new_master: i32 = stdout
+        .strip_prefix("binary upgrade complete: new master ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let _cleanup = KillOnDrop(new_master);
+    assert_ne!(new_master, server.pid);
+    assert_eq!(server.wait_exit(Duration::from_secs(20)).code(), Some(0), "the old master drains and exits");
+    let status = String::from_utf8_lossy(&server.ctl(binary!(), &["status", "--json"]).stdout).into_owned();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["pid"].as_i64(), Some(new_master as i64), "the new master answers on the same socket");
+    assert!(!Path::new(&format!("{}.2", server.dir.join("supervisor.ctl").display())).exists());
+
+    let dir = TempDir::new("upgrade-ctl-broken");
+    let bin = copy_binary(dir.path());
+    let server = start(&bin, "");
+    replace_file(&bin, b"#!/bin/sh\nexit 2\n");
+    let out = server.ctl(binary!(), &["upgrade", "--wait", "--timeout", "60"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("binary upgrade failed") && stderr.contains("exit code 2"), "{stderr}");
+    assert!(alive(server.pid));
+    assert_eq!(get(server.addr(), "/healthz").unwrap().status, 200);
+}

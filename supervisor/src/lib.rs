@@ -41,6 +41,7 @@
 mod balance;
 pub mod config;
 pub mod cpus;
+mod ctl;
 pub mod exit;
 mod healthcheck;
 mod host;
@@ -105,6 +106,13 @@ pub enum MasterError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The control socket could not be served (another server answers at its path, for one).
+    ControlSocket {
+        /// Its path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The single-process runtime could not be built.
     Runtime(std::io::Error),
     /// Listeners handed over by the service manager or a previous master are unusable.
@@ -118,6 +126,9 @@ impl std::fmt::Display for MasterError {
             MasterError::Scoreboard(e) => write!(f, "cannot map the scoreboard: {e}"),
             MasterError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
             MasterError::Pidfile { path, source } => write!(f, "cannot write pidfile {}: {source}", path.display()),
+            MasterError::ControlSocket { path, source } => {
+                write!(f, "cannot serve the control socket {}: {source}", path.display())
+            }
             MasterError::Runtime(e) => write!(f, "cannot build the runtime: {e}"),
             MasterError::Inherit(e) => write!(f, "cannot use the inherited listeners: {e}"),
         }

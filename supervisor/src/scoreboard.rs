@@ -92,7 +92,10 @@ const ENTRY_SEQ: usize = 0;
 const ENTRY_STARTED: usize = 1;
 const TEXT_WORDS: usize = 32;
 const ENTRY_WORDS: usize = 2 + TEXT_WORDS;
-const SLOT_WORDS: usize = HEADER_WORDS + ENTRIES * ENTRY_WORDS;
+/// Written by a worker that could not boot: its error, NUL-terminated, for the master to report.
+const BOOT_ERROR: usize = HEADER_WORDS + ENTRIES * ENTRY_WORDS;
+const BOOT_ERROR_WORDS: usize = 24;
+const SLOT_WORDS: usize = BOOT_ERROR + BOOT_ERROR_WORDS;
 
 const METHOD_MAX: usize = 16;
 const PATH_MAX: usize = 96;
@@ -121,6 +124,8 @@ pub enum RestartReason {
     RecycleMemory,
     /// Recycled for its age (max_worker_lifetime).
     RecycleLifetime,
+    /// Recycled because an operator asked (`supervisor ctl recycle`).
+    RecycleOperator,
     /// Replaced by a new generation.
     Reload,
     /// Retired by TTOU (one worker fewer).
@@ -129,7 +134,7 @@ pub enum RestartReason {
 
 impl RestartReason {
     /// Every reason, in counter order.
-    pub const ALL: [RestartReason; 11] = [
+    pub const ALL: [RestartReason; 12] = [
         RestartReason::Exit,
         RestartReason::Crash,
         RestartReason::Killed,
@@ -139,6 +144,7 @@ impl RestartReason {
         RestartReason::RecycleRequests,
         RestartReason::RecycleMemory,
         RestartReason::RecycleLifetime,
+        RestartReason::RecycleOperator,
         RestartReason::Reload,
         RestartReason::ScaleDown,
     ];
@@ -155,6 +161,7 @@ impl RestartReason {
             RestartReason::RecycleRequests => "recycle_requests",
             RestartReason::RecycleMemory => "recycle_memory",
             RestartReason::RecycleLifetime => "recycle_lifetime",
+            RestartReason::RecycleOperator => "recycle_operator",
             RestartReason::Reload => "reload",
             RestartReason::ScaleDown => "scale_down",
         }
@@ -391,6 +398,29 @@ impl Slot {
         RequestGuard { slot: *self, entry }
     }
 
+    /// Worker, before it exits: why its application could not boot (cut to fit), for the master to report
+    /// when it reaps it (a reload that this failure aborts names it).
+    pub fn set_boot_error(&self, error: &str) {
+        let mut text = [0u8; BOOT_ERROR_WORDS * 8];
+        pack(&mut text[..BOOT_ERROR_WORDS * 8 - 1], error);
+        for (i, chunk) in text.chunks_exact(8).enumerate() {
+            self.words[BOOT_ERROR + i].store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
+        }
+    }
+
+    /// Master: the boot error its worker left, if any (the slot keeps it until it is prepared again).
+    pub fn boot_error(&self) -> Option<String> {
+        if self.words[BOOT_ERROR].load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let bytes: Vec<u8> = self.words[BOOT_ERROR..BOOT_ERROR + BOOT_ERROR_WORDS]
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .take_while(|&b| b != 0)
+            .collect();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     fn entry(&self, e: usize) -> &'static [AtomicU64] {
         let start = HEADER_WORDS + e * ENTRY_WORDS;
         &self.words[start..start + ENTRY_WORDS]
@@ -544,6 +574,22 @@ mod tests {
         let _g = slot.request_started("GET", "/a\0b", "id\0", 6);
         let r = &slot.view().requests_in_flight[0];
         assert_eq!((r.method.as_str(), r.path.as_str(), r.label.as_str()), ("GET", "/ab", "id"));
+    }
+
+    #[test]
+    fn a_boot_error_is_kept_until_the_slot_is_prepared_again() {
+        let board = Scoreboard::new(2).unwrap();
+        let slot = board.slot(1);
+        slot.prepare(1, 5);
+        assert_eq!(slot.boot_error(), None);
+        slot.set_boot_error(&format!("database unreachable: {}", "é".repeat(200)));
+        let error = slot.boot_error().unwrap();
+        assert!(error.starts_with("database unreachable: é") && error.len() < BOOT_ERROR_WORDS * 8, "{error}");
+        slot.release();
+        assert_eq!(slot.boot_error().as_deref(), Some(error.as_str()), "still there once the worker is reaped");
+        slot.prepare(2, 6);
+        assert_eq!(slot.boot_error(), None);
+        assert_eq!(board.slot(0).boot_error(), None);
     }
 
     #[test]

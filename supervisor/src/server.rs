@@ -2,10 +2,12 @@
 //!
 //! `main` parses the command line (the subcommands, `--config`, one flag per declared setting), resolves
 //! the settings (flag > environment > file > default), and then serves, checks the configuration, probes a
-//! URL, or runs one of the application's own commands. The exit-code policy is here, in one place:
+//! URL, talks to the running server (`ctl`), or runs one of the application's own commands. The exit-code
+//! policy is here, in one place:
 //!
 //! - 0: stopped cleanly, or a one-shot command succeeded;
-//! - 1: a runtime failure (an address cannot be bound, a command or a health check failed);
+//! - 1: a runtime failure (an address cannot be bound, a command or a health check failed, the running
+//!   server refused or failed a `ctl` command);
 //! - 2: bad configuration or usage, before anything was started;
 //! - 3: no worker could boot at startup.
 
@@ -16,8 +18,9 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::{AppSettings, ConfigError, Layers, Resolved, docs};
+use crate::config::{AppSettings, ConfigError, Layers, Resolved, Resolver, docs};
 use crate::service::{BoxError, Connections, Label, Request};
 use crate::worker::{Boot, Hooks, Worker};
 use crate::{BootError, Settings};
@@ -28,6 +31,10 @@ const EXIT_OK: u8 = 0;
 const EXIT_FAILURE: u8 = 1;
 /// Exit code: bad configuration or usage.
 const EXIT_CONFIG: u8 = 2;
+/// How long `ctl --wait` waits for an outcome unless told (`--timeout`).
+const CTL_WAIT: f64 = 300.0;
+/// The settings `ctl` reads: those that locate the control socket.
+const CTL_SETTINGS: [&str; 3] = ["bind", "pidfile", "control_socket"];
 
 /// A service run under the supervisor: a master that binds the listeners and forks workers, each of which
 /// builds the service with the boot function and serves it. See the crate documentation for an example.
@@ -156,12 +163,18 @@ impl<C: AppSettings> Server<C> {
                 return u8::try_from(error.exit_code()).unwrap_or(EXIT_CONFIG);
             }
         };
+        // A setting's flag may come before the subcommand or after it (after `ctl`'s own subcommand too): the
+        // deepest wins.
+        let mut scopes = vec![&matches];
+        while let Some((_, sub)) = scopes[scopes.len() - 1].subcommand() {
+            scopes.push(sub);
+        }
         let inputs = Inputs {
             path: matches.get_one::<PathBuf>("config").cloned(),
             flags: (docs::specs::<C>().into_iter().filter(|s| s.flag.is_some()))
                 .filter_map(|s| {
-                    let values: Vec<&String> = matches.get_many::<String>(s.key)?.collect();
-                    Some((s.key, values.into_iter().cloned().collect::<Vec<_>>().join(",")))
+                    let values = scopes.iter().rev().find_map(|m| m.try_get_many::<String>(s.key).ok().flatten())?;
+                    Some((s.key, values.cloned().collect::<Vec<_>>().join(",")))
                 })
                 .collect(),
         };
@@ -169,6 +182,9 @@ impl<C: AppSettings> Server<C> {
         if command == "healthcheck" {
             let sub = matches.subcommand_matches("healthcheck").expect("the healthcheck subcommand");
             return crate::healthcheck::probe(sub.get_one::<String>("url").expect("a default URL"));
+        }
+        if command == "ctl" {
+            return self.ctl(matches.subcommand_matches("ctl").expect("the ctl subcommand"), &inputs, &args);
         }
         let config = match inputs.resolve::<C>() {
             Ok(config) => config,
@@ -225,6 +241,8 @@ impl<C: AppSettings> Server<C> {
         }
         let boot = (self.launch)(config.app.clone(), self.hooks.clone());
         let settings = config.settings.clone();
+        let config_file = inputs.path.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+        let identity = crate::master::Identity { version: self.version.clone(), config: config_file };
         let result = if settings.workers == 0 {
             crate::worker::serve_in_process(&settings, boot)
         } else {
@@ -240,7 +258,7 @@ impl<C: AppSettings> Server<C> {
                 }
                 Ok((config.settings, launch(config.app, hooks.clone())))
             });
-            crate::master::run(settings, boot, reloader)
+            crate::master::run(settings, boot, reloader, identity)
         };
         match result {
             Ok(code) => u8::try_from(code).unwrap_or(EXIT_FAILURE),
@@ -252,12 +270,44 @@ impl<C: AppSettings> Server<C> {
         }
     }
 
-    /// The command line: the subcommands, `--config`, and one flag per declared setting that has one.
+    /// `ctl`: one request to the running server's control socket, found through the same settings.
+    fn ctl(&self, ctl: &clap::ArgMatches, inputs: &Inputs, args: &[OsString]) -> u8 {
+        let (name, sub) = ctl.subcommand().expect("ctl requires a subcommand");
+        let flag = |id: &str| sub.try_get_one::<bool>(id).ok().flatten().copied().unwrap_or(false);
+        let wait = flag("wait").then(|| sub.get_one::<f64>("timeout").copied().unwrap_or(CTL_WAIT));
+        let mut body = serde_json::json!({ "command": name });
+        if let Some(timeout) = wait {
+            body["wait"] = true.into();
+            body["timeout"] = timeout.into();
+        }
+        if name == "stop" {
+            body["fast"] = flag("fast").into();
+        }
+        if let Some(workers) = sub.try_get_one::<usize>("workers").ok().flatten() {
+            body["workers"] = (*workers).into();
+        }
+        let request = crate::ctl::Request { body, wait: wait.map(Duration::from_secs_f64), json: flag("json") };
+        match inputs.control_socket::<C>() {
+            Ok(Some(path)) => crate::ctl::run(&path, &request),
+            Ok(None) => {
+                eprintln!("{}: the control socket is turned off (control_socket = \"off\")", self.display_name(args));
+                EXIT_CONFIG
+            }
+            Err(error) => {
+                eprintln!("{}: {error}", self.display_name(args));
+                EXIT_CONFIG
+            }
+        }
+    }
+
+    /// The command line: the subcommands, `--config`, and one flag per declared setting that has one (on
+    /// every subcommand but `ctl`, which takes those that locate the control socket).
     fn cli(&self, args: &[OsString]) -> clap::Command {
-        use clap::{Arg, ArgAction, Command};
+        use clap::{Arg, Command};
         let about = self.about.clone().unwrap_or_else(|| {
             "A prefork HTTP server. Flags beat the environment, which beats the config file.".to_string()
         });
+        let settings = Self::setting_args();
         let mut cli = Command::new(self.display_name(args))
             .about(about)
             .version(self.version.clone())
@@ -270,28 +320,38 @@ impl<C: AppSettings> Server<C> {
                     .value_parser(clap::value_parser!(PathBuf))
                     .help("Config file (TOML)."),
             )
-            .subcommand(Command::new("serve").about("Serve (the default)."))
+            .args(settings.clone())
+            .subcommand(Command::new("serve").about("Serve (the default).").args(settings.clone()))
             .subcommand(
                 Command::new("check")
-                    .about("Validate the configuration and print the effective settings with their sources."),
+                    .about("Validate the configuration and print the effective settings with their sources.")
+                    .args(settings.clone()),
             )
             .subcommand(
                 Command::new("healthcheck")
                     .about("Exit 0 if GET URL answers 2xx (for container health checks).")
-                    .arg(Arg::new("url").default_value("http://127.0.0.1:8000/healthz").help("URL to probe.")),
-            );
+                    .arg(Arg::new("url").default_value("http://127.0.0.1:8000/healthz").help("URL to probe."))
+                    .args(settings.clone()),
+            )
+            .subcommand(ctl_command(&settings));
         for command in &self.commands {
-            cli = cli.subcommand(Command::new(command.name).about(command.about));
-        }
-        for s in docs::specs::<C>() {
-            let Some(flag) = s.flag else { continue };
-            let arg = Arg::new(s.key).long(flag).global(true).value_name("VALUE").help(s.doc);
-            let arg = if let Some(short) = s.short { arg.short(short) } else { arg };
-            let arg = if let Some((_, alias)) = s.alias { arg.visible_alias(alias) } else { arg };
-            // A list flag may be repeated (`--bind a --bind b`) as well as comma-separated.
-            cli = cli.arg(if s.kind == crate::config::Kind::List { arg.action(ArgAction::Append) } else { arg });
+            cli = cli.subcommand(Command::new(command.name).about(command.about).args(settings.clone()));
         }
         cli
+    }
+
+    /// One flag per declared setting that has one.
+    fn setting_args() -> Vec<clap::Arg> {
+        use clap::{Arg, ArgAction};
+        (docs::specs::<C>().into_iter())
+            .filter_map(|s| {
+                let arg = Arg::new(s.key).long(s.flag?).value_name("VALUE").help(s.doc);
+                let arg = if let Some(short) = s.short { arg.short(short) } else { arg };
+                let arg = if let Some((_, alias)) = s.alias { arg.visible_alias(alias) } else { arg };
+                // A list flag may be repeated (`--bind a --bind b`) as well as comma-separated.
+                Some(if s.kind == crate::config::Kind::List { arg.action(ArgAction::Append) } else { arg })
+            })
+            .collect()
     }
 
     fn display_name(&self, args: &[OsString]) -> String {
@@ -301,6 +361,49 @@ impl<C: AppSettings> Server<C> {
                 .map_or_else(|| "server".to_string(), |n| n.to_string_lossy().into_owned())
         })
     }
+}
+
+/// `ctl` and its commands. It takes the flags of the settings that locate the control socket (after any of
+/// its commands), and `--config`.
+fn ctl_command(settings: &[clap::Arg]) -> clap::Command {
+    use clap::{Arg, ArgAction, Command};
+    let locating =
+        settings.iter().filter(|a| CTL_SETTINGS.contains(&a.get_id().as_str())).map(|a| a.clone().global(true));
+    let wait = Arg::new("wait")
+        .long("wait")
+        .action(ArgAction::SetTrue)
+        .help("Answer once the outcome is known: exit 0 when it is done, 1 with the reason when it is not.");
+    let timeout = Arg::new("timeout")
+        .long("timeout")
+        .value_name("SECONDS")
+        .requires("wait")
+        .value_parser(|s: &str| {
+            s.parse::<f64>().ok().filter(|t| *t > 0.0 && t.is_finite()).ok_or("a positive number of seconds")
+        })
+        .help("With --wait: give up after this long (default 300), exit 1 saying where it stands.");
+    let waiting = |name: &'static str, about: &'static str| Command::new(name).about(about).args([&wait, &timeout]);
+    Command::new("ctl")
+        .about("Ask the running server (through its control socket, found with the same settings as the server).")
+        .subcommand_required(true)
+        .args(locating)
+        .subcommand(
+            Command::new("status")
+                .about("The master, its workers (what each serves, its memory), restarts, a reload in progress.")
+                .arg(Arg::new("json").long("json").action(ArgAction::SetTrue).help("As JSON (stable field names).")),
+        )
+        .subcommand(waiting("reload", "Reload, as HUP: read the configuration again and switch to a new generation."))
+        .subcommand(waiting("upgrade", "Binary upgrade, as USR2: start the binary on disk as a new master."))
+        .subcommand(
+            Command::new("scale")
+                .about("Keep this many workers.")
+                .arg(Arg::new("workers").required(true).value_name("N").value_parser(clap::value_parser!(usize))),
+        )
+        .subcommand(waiting("recycle", "Replace every worker, one at a time, each replacement ready first."))
+        .subcommand(
+            waiting("stop", "Stop gracefully, as TERM (--fast: at once, as QUIT).")
+                .arg(Arg::new("fast").long("fast").action(ArgAction::SetTrue).help("A fast stop, as QUIT.")),
+        )
+        .subcommand(Command::new("reopen-logs").about("Reopen the log file, as USR1."))
 }
 
 /// What the command line says about the configuration: the file, and the setting flags by key.
@@ -321,6 +424,15 @@ impl Inputs {
             self.flags.clone(),
         )?;
         Resolved::from_layers(&layers, crate::cpus::usable_cpus())
+    }
+
+    /// Only where the control socket is (see [`crate::Settings::resolve_control_socket`]): unknown keys and
+    /// bad values of other settings in the file are not this reader's concern.
+    fn control_socket<C: AppSettings>(&self) -> Result<Option<PathBuf>, ConfigError> {
+        let specs = docs::specs::<C>();
+        let layers =
+            Layers::lenient(self.path.as_deref(), &specs, |name| std::env::var(name).ok(), self.flags.clone())?;
+        crate::Settings::resolve_control_socket(&mut Resolver::new(&layers))
     }
 }
 
@@ -365,10 +477,22 @@ mod tests {
         for s in crate::settings::SETTINGS {
             assert!(cli.get_arguments().any(|a| a.get_id() == s.key), "{}", s.key);
         }
-        let matches = cli.try_get_matches_from(["prog", "migrate", "--worker-connections", "5", "-w", "3"]).unwrap();
-        assert_eq!(matches.subcommand_name(), Some("migrate"));
-        assert_eq!(matches.get_one::<String>("max_connections").map(String::as_str), Some("5"));
-        assert_eq!(matches.get_one::<String>("workers").map(String::as_str), Some("3"));
+        let matches = cli.clone().try_get_matches_from(["prog", "migrate", "--worker-connections", "5", "-w", "3"]);
+        let matches = matches.unwrap();
+        let migrate = matches.subcommand_matches("migrate").unwrap();
+        assert_eq!(migrate.get_one::<String>("max_connections").map(String::as_str), Some("5"));
+        assert_eq!(migrate.get_one::<String>("workers").map(String::as_str), Some("3"));
+        // ctl takes its own --timeout (the wait's), and only the flags that locate the control socket.
+        let matches =
+            cli.clone().try_get_matches_from(["prog", "ctl", "reload", "--wait", "--timeout", "5", "--bind", ":9"]);
+        let reload = matches.unwrap().subcommand_matches("ctl").unwrap().subcommand_matches("reload").unwrap().clone();
+        assert_eq!(reload.get_one::<f64>("timeout"), Some(&5.0));
+        assert_eq!(reload.get_many::<String>("bind").unwrap().collect::<Vec<_>>(), [":9"]);
+        assert!(cli.clone().try_get_matches_from(["prog", "ctl", "status", "--workers", "3"]).is_err());
+        assert!(
+            cli.try_get_matches_from(["prog", "ctl", "reload", "--timeout", "5"]).is_err(),
+            "--timeout needs --wait"
+        );
     }
 
     #[test]

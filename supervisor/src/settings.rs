@@ -7,7 +7,7 @@
 //! declarations (see [`crate::config::docs`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{ConfigError, Invalid, Resolver, Setting, Spec};
@@ -48,6 +48,9 @@ pub struct Settings {
     pub max_worker_lifetime_jitter: Duration,
     /// Write the master's pid here while it runs.
     pub pidfile: Option<PathBuf>,
+    /// Where the master serves its control socket (`supervisor ctl`); `None`: no control socket. Resolved,
+    /// its default follows `pidfile` and `bind`; built by hand, it is what it is set to.
+    pub control_socket: Option<PathBuf>,
     /// Request head limits (gunicorn's `limit_request_*`).
     pub limits: Limits,
     /// Connections a worker holds at most (gunicorn's `worker_connections`), upgraded ones included; at the
@@ -107,14 +110,11 @@ impl Settings {
     /// Reads every setting declared in [`SETTINGS`] through `r`. `cpus` is the usable CPU count and where
     /// it came from (see [`crate::cpus::usable_cpus`]), for the default worker count.
     pub fn resolve(r: &mut Resolver<'_>, cpus: (usize, CpuSource)) -> Result<Settings, ConfigError> {
-        let bind = r.parse(&BIND, |list| list.iter().map(|s| parse_addr(s)).collect::<Result<Vec<_>, _>>())?;
-        if bind.is_empty() {
-            return Err(r.refuse(Invalid::new(&BIND, "at least one address is required")));
-        }
+        let bind = resolve_bind(r)?;
         let (n, cpu_source) = cpus;
         let default_workers = n.clamp(2, 4);
         let how = format!("min(4, max(2, {n} CPUs from {}))", cpu_source.as_str());
-        Ok(Settings {
+        let mut settings = Settings {
             bind,
             backlog: r.get(&BACKLOG)? as u32,
             workers: r.or_with(&WORKERS, default_workers as u64, &how)? as usize,
@@ -141,12 +141,67 @@ impl Settings {
             },
             max_connections: r.get(&MAX_CONNECTIONS)? as usize,
             pidfile: r.opt(&PIDFILE)?.map(PathBuf::from),
+            control_socket: None, // below: its default follows `bind` and `pidfile`
             log: LogSettings {
                 level: r.parse(&LOG_LEVEL, |s| s.parse::<LogLevel>())?,
                 file: r.opt(&LOG_FILE)?.map(PathBuf::from),
                 buffer_bytes: r.get(&LOG_BUFFER_BYTES)? as usize,
             },
-        })
+        };
+        settings.control_socket = resolve_control_socket(r, &settings.bind, settings.pidfile.as_deref())?;
+        Ok(settings)
+    }
+
+    /// Reads only what locates the control socket (`control_socket`, and the `pidfile` and `bind` its
+    /// default follows), for `supervisor ctl`: a file with other mistakes in it still tells `ctl` where the
+    /// master listens, and the master, reloading it, names the mistake.
+    pub(crate) fn resolve_control_socket(r: &mut Resolver<'_>) -> Result<Option<PathBuf>, ConfigError> {
+        let bind = resolve_bind(r)?;
+        let pidfile = r.opt(&PIDFILE)?.map(PathBuf::from);
+        resolve_control_socket(r, &bind, pidfile.as_deref())
+    }
+}
+
+fn resolve_bind(r: &mut Resolver<'_>) -> Result<Vec<SocketAddr>, ConfigError> {
+    let bind = r.parse(&BIND, |list| list.iter().map(|s| parse_addr(s)).collect::<Result<Vec<_>, _>>())?;
+    if bind.is_empty() {
+        return Err(r.refuse(Invalid::new(&BIND, "at least one address is required")));
+    }
+    Ok(bind)
+}
+
+/// The longest control socket path: a unix socket address holds 107 bytes, and the new master of a binary
+/// upgrade binds `<path>.2` until it takes over.
+const CONTROL_SOCKET_MAX: usize = 100;
+
+/// The control socket: as set (`off` or empty: none), else beside the pidfile (its name with `.ctl`), else
+/// `/tmp/supervisor-PORT.ctl` with the first bind address's port. Derived from the configuration alone,
+/// never from the environment of the moment (`XDG_RUNTIME_DIR` differs between a service and an operator's
+/// shell), so that `ctl` finds it with the same settings; per port, so that servers on one host do not
+/// collide; under /tmp, which every deployment here can write (a tmpfs in the containers).
+fn resolve_control_socket(
+    r: &mut Resolver<'_>,
+    bind: &[SocketAddr],
+    pidfile: Option<&Path>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let (default, how) = match pidfile {
+        Some(pidfile) => {
+            let beside = pidfile.with_extension("ctl");
+            let path = if beside == pidfile { PathBuf::from(format!("{}.ctl", pidfile.display())) } else { beside };
+            (path, "beside the pidfile")
+        }
+        None => (PathBuf::from(format!("/tmp/supervisor-{}.ctl", bind[0].port())), "the port of the first bind"),
+    };
+    let path = r.or_with(&CONTROL_SOCKET, default.display().to_string(), how)?;
+    match path.as_str() {
+        "" | "off" => Ok(None),
+        path if path.len() > CONTROL_SOCKET_MAX => Err(r.refuse(Invalid::new(
+            &CONTROL_SOCKET,
+            format!(
+                "{path} is longer than {CONTROL_SOCKET_MAX} bytes, too long for a unix socket: choose a shorter path"
+            ),
+        ))),
+        path => Ok(Some(PathBuf::from(path))),
     }
 }
 
@@ -167,6 +222,7 @@ impl Default for Settings {
             max_worker_lifetime: Duration::ZERO,
             max_worker_lifetime_jitter: Duration::ZERO,
             pidfile: None,
+            control_socket: Some(PathBuf::from("/tmp/supervisor-8000.ctl")),
             limits: Limits::default(),
             max_connections: 1000,
             log: LogSettings::default(),
@@ -205,6 +261,7 @@ pub const SETTINGS: &[&Spec] = &[
     LIMIT_REQUEST_FIELD_SIZE.spec(),
     MAX_CONNECTIONS.spec(),
     PIDFILE.spec(),
+    CONTROL_SOCKET.spec(),
     LOG_FILE.spec(),
     LOG_BUFFER_BYTES.spec(),
 ];
@@ -369,6 +426,20 @@ const PIDFILE: Setting<String> = Setting::text("pidfile")
     .flag("pidfile")
     .unset(r#""/run/supervisor.pid""#)
     .doc("Write the master's pid here while it runs (not needed in a container).")
+    .restart();
+
+const CONTROL_SOCKET: Setting<String> = Setting::text("control_socket")
+    .env(&["SUPERVISOR_CONTROL_SOCKET"])
+    .flag("control-socket")
+    .computed(
+        "the pidfile's name with .ctl, else /tmp/supervisor-PORT.ctl (PORT: the first bind's)",
+        r#""/run/supervisor.ctl""#,
+    )
+    .doc(
+        "The master's control socket, for `supervisor ctl` (status, reload --wait, scale, recycle, stop, ...): a unix \
+         socket of mode 0600 that only the server's user and root may use. \"off\" turns it off. `ctl` finds it \
+         through the same settings, so give `ctl` the server's --config, environment and flags.",
+    )
     .restart();
 
 const LOG_FILE: Setting<String> = Setting::text("log_file")

@@ -194,6 +194,7 @@ pub(crate) async fn boot_and_serve<C: Connections>(
         Ok(service) => service,
         Err(error) => {
             tracing::error!(error = %error, "worker failed to boot");
+            serving.slot.set_boot_error(&error.to_string());
             return EXIT_BOOT_FAILED;
         }
     };

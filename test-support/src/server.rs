@@ -76,6 +76,8 @@ pub struct Server {
     pub port: u16,
     pub dir: TempDir,
     pub config: PathBuf,
+    /// The environment it was started with (besides what [`clean_env`] removes).
+    pub env: Vec<(String, String)>,
     pub stdout: Lines,
     pub stderr: Lines,
 }
@@ -192,21 +194,43 @@ impl Server {
     }
 
     /// Starts the command `make(config_path)` builds (the binary, or a wrapper that execs it) with the
-    /// config written to a fresh directory, a clean environment plus `env`, and captured output.
+    /// config written to a fresh directory, a clean environment plus `env`, and captured output. Unless the
+    /// test places the control socket itself (`control_socket` or `pidfile` in its config or environment),
+    /// it goes into that directory (`SUPERVISOR_CONTROL_SOCKET`): a server killed by the test leaves nothing
+    /// behind in /tmp.
     pub fn launch(port: u16, config: &str, env: &[(&str, &str)], make: impl FnOnce(&Path) -> Command) -> Server {
         let dir = TempDir::new("srv");
         let path = dir.join("supervisor.toml");
         std::fs::write(&path, config).unwrap();
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let placed = |key: &str| config.contains(key) || env.iter().any(|(k, _)| k.to_lowercase().ends_with(key));
+        if !placed("control_socket") && !placed("pidfile") {
+            env.push(("SUPERVISOR_CONTROL_SOCKET".into(), dir.join("supervisor.ctl").display().to_string()));
+        }
         let mut cmd = make(&path);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        clean_env(&mut cmd, env);
+        clean_env(&mut cmd, &env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>());
         let mut child = spawn(&mut cmd);
         let stdout = Lines::default();
         let stderr = Lines::default();
         stdout.clone().capture(child.stdout.take().unwrap());
         stderr.clone().capture(child.stderr.take().unwrap());
         let pid = child.id() as i32;
-        Server { child: Some(child), pid, port, dir, config: path, stdout, stderr }
+        Server { child: Some(child), pid, port, dir, config: path, env, stdout, stderr }
+    }
+
+    /// Rewrites the server's config file (a reload reads it again) as [`config_with`] its port, `top` and
+    /// `app`.
+    pub fn rewrite(&self, top: &str, app: &str) {
+        std::fs::write(&self.config, config_with(self.port, top, app)).unwrap();
+    }
+
+    /// Runs `<bin> ctl ARGS` with this server's config file and environment (so it finds the same control
+    /// socket), like [`run_binary`].
+    pub fn ctl(&self, bin: &str, args: &[&str]) -> Output {
+        let config = self.config.display().to_string();
+        let args: Vec<&str> = ["ctl"].iter().chain(args).chain(&["--config", config.as_str()]).copied().collect();
+        run_binary(bin, &args, &self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>())
     }
 
     /// Starts with the base config, top-level keys in `top` replacing the base's, and `app` lines added to

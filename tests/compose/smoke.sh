@@ -188,6 +188,12 @@ metrics_inside() {
         grep -q '^http_requests_total{' "$TMP/metrics.txt" && grep -q '^supervisor_workers{' "$TMP/metrics.txt"
 }
 check "2. dc exec -T edge curl -s http://api:8000/metrics: the api's metrics inside the network" metrics_inside
+# The master's control socket, on the container's /tmp tmpfs, found by `ctl` through the container's settings.
+ctl_status() {
+    CT=20 dc exec -T api supervisor ctl status --json >"$TMP/ctl.json" &&
+        json "$TMP/ctl.json" "j['phase'] == 'running' and j['pid'] == 1 and len(j['workers']) == 2"
+}
+check "2. dc exec -T api supervisor ctl status --json: the master (PID 1) running 2 workers" ctl_status
 
 ITEM_ID=$(post_item "smoke item" 3)
 check "2. POST /api/items through the edge: 201 with an id" test -n "$ITEM_ID"
@@ -335,6 +341,8 @@ CT=20 dc kill -s TTIN api >/dev/null 2>&1
 WAIT_EVERY=0.5 check "4. dc kill -s TTIN api: 3 workers" wait_for 30 "3 workers" three_workers
 CT=20 dc kill -s TTOU api >/dev/null 2>&1
 WAIT_EVERY=0.5 check "4. dc kill -s TTOU api: 2 workers again, no zombie" wait_for 30 "2 workers and no zombie" settled
+ctl_reload() { CT=60 dc exec -T api supervisor ctl reload --wait --timeout 40 | grep -q '^reload complete: generation 3 '; }
+check "4. dc exec -T api supervisor ctl reload --wait: exit 0 once generation 3 serves" ctl_reload
 
 # ------------------------------------------------------------------------------------ 5. backup and restore
 # docs/backups.md, in its order.

@@ -27,6 +27,27 @@ impl Layers {
         env: impl Fn(&str) -> Option<String>,
         flags: BTreeMap<&'static str, String>,
     ) -> Result<Layers, ConfigError> {
+        Layers::read(path, specs, Some(sections), env, flags)
+    }
+
+    /// Like [`Layers::new`], without refusing unknown keys: for a reader of a few keys that must not fail on
+    /// a mistake elsewhere in the file (`supervisor ctl`, which only locates the control socket).
+    pub(crate) fn lenient(
+        path: Option<&Path>,
+        specs: &[&Spec],
+        env: impl Fn(&str) -> Option<String>,
+        flags: BTreeMap<&'static str, String>,
+    ) -> Result<Layers, ConfigError> {
+        Layers::read(path, specs, None, env, flags)
+    }
+
+    fn read(
+        path: Option<&Path>,
+        specs: &[&Spec],
+        sections: Option<&[&str]>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: BTreeMap<&'static str, String>,
+    ) -> Result<Layers, ConfigError> {
         let file = match path {
             None => toml::Table::new(),
             Some(path) => {
@@ -35,7 +56,9 @@ impl Layers {
                 let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
                 let table: toml::Table =
                     text.parse().map_err(|e: toml::de::Error| error(format!("not valid TOML: {}", e.message())))?;
-                check_known_keys(&table, specs, sections, &source)?;
+                if let Some(sections) = sections {
+                    check_known_keys(&table, specs, sections, &source)?;
+                }
                 table
             }
         };

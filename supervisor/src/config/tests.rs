@@ -233,7 +233,8 @@ fn declared_defaults_are_the_typed_defaults() {
 fn a_reload_names_the_changed_settings_that_need_a_restart() {
     let before = load("timeout = 10\nlog_level = \"info\"\n", &[], &[]).unwrap();
     let after = load("timeout = 20\nlog_level = \"debug\"\npidfile = \"/tmp/x.pid\"\n", &[], &[]).unwrap();
-    assert_eq!(before.needs_restart(&after), ["log_level", "pidfile"]);
+    // The control socket's default follows the pidfile.
+    assert_eq!(before.needs_restart(&after), ["log_level", "pidfile", "control_socket"]);
     assert!(before.needs_restart(&before).is_empty());
 }
 
@@ -272,4 +273,38 @@ fn toml_literal(shown: &str) -> String {
         return format!("[{}]", items.join(", "));
     }
     unreachable!("a list is shown in brackets: {shown}")
+}
+
+#[test]
+fn the_control_socket_is_beside_the_pidfile_else_per_port_under_tmp_and_can_be_turned_off() {
+    let c = load("bind = [\"127.0.0.1:9100\", \"[::1]:9200\"]\n", &[], &[]).unwrap();
+    assert_eq!(c.settings.control_socket.as_deref(), Some(std::path::Path::new("/tmp/supervisor-9100.ctl")));
+    assert_eq!(shown(&c, "control_socket"), "/tmp/supervisor-9100.ctl [the port of the first bind]");
+    let c = load("pidfile = \"/run/app/server.pid\"\n", &[], &[]).unwrap();
+    assert_eq!(c.settings.control_socket.as_deref(), Some(std::path::Path::new("/run/app/server.ctl")));
+    let c = load("pidfile = \"/run/app/server.ctl\"\n", &[], &[]).unwrap();
+    assert_eq!(c.settings.control_socket.as_deref(), Some(std::path::Path::new("/run/app/server.ctl.ctl")));
+    let c = load("control_socket = \"/run/x.sock\"\n", &[("SUPERVISOR_CONTROL_SOCKET", "off")], &[]).unwrap();
+    assert_eq!(c.settings.control_socket, None);
+    let c = load("control_socket = \"\"\n", &[], &[]).unwrap();
+    assert_eq!(c.settings.control_socket, None);
+    let long = format!("control_socket = \"/{}\"\n", "x".repeat(120));
+    let e = load(&long, &[], &[]).unwrap_err();
+    assert_eq!(e.key, "control_socket");
+    assert!(matches!(e.source, Source::File(_)) && e.message.contains("too long"), "{e}");
+}
+
+#[test]
+fn ctl_locates_the_control_socket_in_a_file_with_mistakes_elsewhere() {
+    let dir = std::env::temp_dir().join(format!("config-ctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("server.toml");
+    std::fs::write(&path, "pidfile = \"/run/a.pid\"\ntimeout = 0\nno_such_key = 1\n[demo]\ntypo = 2\n").unwrap();
+    let specs = docs::specs::<Demo>();
+    let sections = docs::sections::<Demo>();
+    assert!(Layers::new(Some(&path), &specs, &sections, |_| None, BTreeMap::new()).is_err(), "the server refuses it");
+    let layers = Layers::lenient(Some(&path), &specs, |_| None, BTreeMap::new()).unwrap();
+    let located = Settings::resolve_control_socket(&mut Resolver::new(&layers));
+    assert_eq!(located, Ok(Some(std::path::PathBuf::from("/run/a.ctl"))));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

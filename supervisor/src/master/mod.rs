@@ -1,11 +1,12 @@
 //! The master process: a single-threaded loop that performs what [`state::State`] decides.
 //!
-//! One loop turn (cf. nginx and gunicorn): sleep in `poll` on the signal self-pipe and the workers' ready
-//! pipe, at most until the next deadline the state knows of (never more than 1 s); reap every exited child;
-//! handle the signals received, in arrival order per kind; then tick (read the scoreboard: readiness,
-//! heartbeats, boot and drain deadlines; restore the worker count). The master never starts a thread or a
-//! tokio runtime, so forking it is always sound.
+//! One loop turn (cf. nginx and gunicorn): sleep in `poll` on the signal self-pipe, the workers' ready pipe
+//! and the control socket, at most until the next deadline the state knows of (never more than 1 s); reap
+//! every exited child; handle the signals received, in arrival order per kind, then the control commands;
+//! then tick (read the scoreboard: readiness, heartbeats, boot and drain deadlines; restore the worker
+//! count). The master never starts a thread or a tokio runtime, so forking it is always sound.
 
+mod control;
 mod sample;
 pub mod state;
 mod upgrade;
@@ -20,7 +21,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 
-use self::state::{Action, Board, Event, ExitHow, Phase, Policy, Sig, State};
+use self::control::ControlSocket;
+use self::state::{Action, Board, Event, ExitHow, Phase, Policy, Reply, Sig, State, UpgradeNews};
 use crate::listen::Listeners;
 use crate::scoreboard::{Scoreboard, SlotView};
 use crate::worker::{self, Boot, WorkerStart};
@@ -30,9 +32,21 @@ use crate::{MasterError, Settings, sys, systemd};
 /// Called in the master; it must not start threads or a runtime.
 pub(crate) type Reloader = Box<dyn FnMut() -> Result<(Settings, Arc<dyn Boot>), String>>;
 
+/// What the master tells of the program it runs (`ctl status`).
+pub(crate) struct Identity {
+    /// The program's version (`Server::version`).
+    pub version: String,
+    /// The configuration file it was started with.
+    pub config: Option<PathBuf>,
+}
+
 impl Board for Scoreboard {
     fn view(&self, slot: usize) -> SlotView {
         self.slot(slot).view()
+    }
+
+    fn boot_error(&self, slot: usize) -> Option<String> {
+        self.slot(slot).boot_error()
     }
 }
 
@@ -49,7 +63,12 @@ const MASTER_SIGNALS: [Signal; 9] = [
 ];
 
 /// Runs the master until it stops, returning the process exit code (0 stopped, 3 no worker could boot).
-pub(crate) fn run(settings: Settings, app: Arc<dyn Boot>, reloader: Reloader) -> Result<i32, MasterError> {
+pub(crate) fn run(
+    settings: Settings,
+    app: Arc<dyn Boot>,
+    reloader: Reloader,
+    identity: Identity,
+) -> Result<i32, MasterError> {
     let (upgrade_from, activated) = match upgrade::predecessor().map_err(MasterError::Inherit)? {
         Some((pid, listeners)) => (Some(pid), Some(listeners)),
         None => (None, systemd::activated_listeners().map_err(MasterError::Inherit)?),
@@ -66,10 +85,18 @@ pub(crate) fn run(settings: Settings, app: Arc<dyn Boot>, reloader: Reloader) ->
     let board = Scoreboard::new(crate::scoreboard::SLOTS).map_err(MasterError::Scoreboard)?;
     let signals = sys::SignalPipe::install(&MASTER_SIGNALS).map_err(MasterError::Signals)?;
     let (ready_read, ready_write) = sys::pipe().map_err(MasterError::Signals)?;
+    // A new master of a binary upgrade binds `<control_socket>.2` and writes `<pidfile>.2` until it takes
+    // over. The control socket is removed when the master is dropped, also on the way out of an error here.
+    let control = match &settings.control_socket {
+        Some(path) => Some(
+            ControlSocket::open(path, upgrade_from.is_some())
+                .map_err(|source| MasterError::ControlSocket { path: path.clone(), source })?,
+        ),
+        None => None,
+    };
     let pidfile = settings.pidfile.clone();
     if let Some(path) = &pidfile {
-        // A new master of a binary upgrade announces itself as `<pidfile>.2` until it takes over.
-        let path = if upgrade_from.is_some() { upgrade::pending_pidfile(path) } else { path.clone() };
+        let path = if upgrade_from.is_some() { upgrade::pending_path(path) } else { path.clone() };
         write_pidfile(&path).map_err(|source| MasterError::Pidfile { path: path.clone(), source })?;
     }
     tracing::info!(
@@ -93,10 +120,18 @@ pub(crate) fn run(settings: Settings, app: Arc<dyn Boot>, reloader: Reloader) ->
         next_watchdog: 0,
         upgrade: upgrade::Upgrade::new(upgrade_from, pidfile.clone()),
         start_time: sys::unix_now(),
+        started: sys::monotonic_ns(),
         oom: sample::OomWatch::new(),
         next_sample: 0,
+        control,
+        control_revents: Vec::new(),
+        identity,
     };
     let code = master.run();
+    if let Some(control) = &mut master.control {
+        control.flush_all();
+    }
+    drop(master);
     if let Some(path) = &pidfile {
         remove_pidfile(path);
     }
@@ -143,6 +178,13 @@ struct Master {
     oom: sample::OomWatch,
     /// When the workers' memory is next sampled (monotonic ns).
     next_sample: u64,
+    /// When this master started (monotonic ns), for its uptime.
+    started: u64,
+    /// The control socket, unless turned off; taken (closed) in a child.
+    control: Option<ControlSocket>,
+    /// What the last poll reported for the control socket's descriptors.
+    control_revents: Vec<PollFlags>,
+    identity: Identity,
 }
 
 /// The last state reported to the service manager.
@@ -177,13 +219,23 @@ impl Master {
             counters.start_time = self.start_time;
             self.board.publish(&counters);
             self.notify();
-            if self.state.settled() {
+            if self.state.settled() && self.upgrade.replacing() {
+                if let Some(control) = &mut self.control {
+                    control.take_over();
+                }
                 self.upgrade.take_over();
             }
             self.wait();
             self.oom.refresh(sys::monotonic_ns());
             events.extend(self.reap());
+            // Before the signals: the new master takes over before it sends us TERM.
+            if let Some(pid) = self.upgrade.took_over(|| self.control.as_ref().is_some_and(ControlSocket::replaced)) {
+                events.push_back(Event::Upgrade(UpgradeNews::TookOver { pid }));
+            }
             events.extend(self.signals().into_iter().map(Event::Signal));
+            if let Some(control) = &mut self.control {
+                events.extend(control.turn(&std::mem::take(&mut self.control_revents), sys::monotonic_ns()));
+            }
             events.extend(self.sample());
             events.push_back(Event::Tick);
         }
@@ -229,6 +281,9 @@ impl Master {
         if self.notifier.as_ref().is_some_and(|n| n.watchdog_interval().is_some()) {
             sleep_ns = sleep_ns.min(self.next_watchdog.saturating_sub(sys::monotonic_ns()));
         }
+        if let Some(deadline) = self.control.as_ref().and_then(ControlSocket::next_deadline) {
+            sleep_ns = sleep_ns.min(deadline.saturating_sub(now).max(1_000_000));
+        }
         let ms = sleep_ns.div_ceil(1_000_000).min(i32::MAX as u64) as i32;
         let (Some(signals), Some(ready)) = (&self.signals, &self.ready_read) else { return };
         let log = crate::logging::stalled_output();
@@ -237,10 +292,17 @@ impl Master {
         if let Some(log) = &log {
             fds.push(PollFd::new(log.as_fd(), PollFlags::POLLOUT));
         }
+        let control_at = fds.len();
+        if let Some(control) = &self.control {
+            fds.extend(control.poll_fds());
+        }
         match nix::poll::poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(error) => tracing::error!(error = %error, "poll failed"),
         }
+        let revents = fds[control_at..].iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
+        drop(fds);
+        self.control_revents = revents;
         sys::drain_fd(ready);
         if log.is_some() {
             crate::logging::retry_stalled();
@@ -294,8 +356,9 @@ impl Master {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             };
-            if !self.upgrade.reaped(pid, how) {
-                out.push(Event::Exited { pid, how, oom });
+            match self.upgrade.reaped(pid, how) {
+                Some(reason) => out.push(Event::Upgrade(UpgradeNews::Failed { reason })),
+                None => out.push(Event::Exited { pid, how, oom }),
             }
         }
         for event in &out {
@@ -335,21 +398,38 @@ impl Master {
             Action::DropGeneration(generation) => {
                 self.generations.remove(&generation);
             }
-            Action::ReopenLogs => match crate::logging::reopen() {
+            Action::ReopenLogs => results.push(Event::LogsReopened(match crate::logging::reopen() {
                 Ok(true) => {
                     tracing::info!(workers = self.state.workers().len(), "log file reopened; telling the workers");
                     for (pid, _) in self.state.workers() {
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGUSR1);
                     }
+                    Ok("log file reopened, and the workers told to reopen theirs".to_string())
                 }
-                Ok(false) => tracing::info!("log reopen requested: logging to stdout, nothing to reopen"),
+                Ok(false) => {
+                    tracing::info!("log reopen requested: logging to stdout, nothing to reopen");
+                    Ok("logging to standard output: nothing to reopen".to_string())
+                }
                 Err(error) => {
-                    tracing::error!(error = %error, "cannot reopen the log file; still writing to the old one")
+                    tracing::error!(error = %error, "cannot reopen the log file; still writing to the old one");
+                    Err(format!("cannot reopen the log file (still writing to the old one): {error}"))
                 }
-            },
+            })),
             Action::Upgrade => {
                 let listeners = self.generations.get(&self.state.generation()).map_or(&[][..], |g| &g.listeners[..]);
-                self.upgrade.start(listeners);
+                results.push(Event::Upgrade(match self.upgrade.start(listeners) {
+                    Ok(pid) => UpgradeNews::Started { pid },
+                    Err(reason) => UpgradeNews::Failed { reason },
+                }));
+            }
+            Action::Reply { client, reply } => {
+                let answer = match reply {
+                    Reply::Status => serde_json::json!({ "ok": true, "status": self.status() }),
+                    reply => control::render(&reply),
+                };
+                if let Some(control) = &mut self.control {
+                    control.reply(client, answer, sys::monotonic_ns());
+                }
             }
             Action::CloseListeners => {
                 for generation in self.generations.values_mut() {
@@ -408,6 +488,7 @@ impl Master {
                     signals.uninstall();
                 }
                 drop(self.ready_read.take());
+                drop(self.control.take());
                 // The child keeps only its own duplicates of its generation's listeners, so that closing
                 // them on drain really stops it accepting.
                 self.generations.clear();

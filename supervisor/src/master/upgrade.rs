@@ -1,7 +1,9 @@
 //! Binary upgrade (USR2): the running master starts the binary on disk as a new master that inherits the
-//! listening sockets. The new master writes `<pidfile>.2`, boots its own workers, and once all are ready it
-//! renames its pidfile into place and sends the old master SIGTERM, which drains and exits as on any
-//! graceful stop. If the new master exits first, the old master reaps it, logs why, and keeps serving.
+//! listening sockets. The new master writes `<pidfile>.2` and binds `<control_socket>.2`, boots its own
+//! workers, and once all are ready it renames both into place and sends the old master SIGTERM, which drains
+//! and exits as on any graceful stop. If the new master exits first, the old master reaps it, logs why, and
+//! keeps serving. The old master tells that the new one took over by the files it renamed, and reports both
+//! outcomes to the state (`ctl upgrade --wait`).
 
 use std::ffi::OsString;
 use std::io;
@@ -35,8 +37,8 @@ pub fn predecessor() -> io::Result<Option<(i32, Listeners)>> {
     Ok(Some((from, systemd::inherit(fds)?)))
 }
 
-/// Where a new master writes its pid until it takes over.
-pub fn pending_pidfile(pidfile: &Path) -> PathBuf {
+/// Where a new master writes its pid (and binds its control socket) until it takes over.
+pub fn pending_path(pidfile: &Path) -> PathBuf {
     let mut name = pidfile.as_os_str().to_owned();
     name.push(".2");
     PathBuf::from(name)
@@ -48,6 +50,8 @@ pub struct Upgrade {
     predecessor: Option<i32>,
     /// As an old master: the new master we started, until it exits or stops us.
     successor: Option<i32>,
+    /// As an old master: the new master was seen taking over.
+    taken_over: bool,
     pidfile: Option<PathBuf>,
     /// The binary and arguments to start, captured at startup: the file on disk may be replaced later.
     exe: io::Result<PathBuf>,
@@ -59,17 +63,35 @@ impl Upgrade {
         Upgrade {
             predecessor,
             successor: None,
+            taken_over: false,
             pidfile,
             exe: std::env::current_exe(),
             args: std::env::args_os().skip(1).collect(),
         }
     }
 
+    /// Whether this is the new master of an upgrade that has not taken over yet.
+    pub fn replacing(&self) -> bool {
+        self.predecessor.is_some()
+    }
+
+    /// As an old master: the new master's pid, once it took over (the pidfile names it, or `socket_taken`:
+    /// the control socket at its path is another's); reported once.
+    pub fn took_over(&mut self, socket_taken: impl FnOnce() -> bool) -> Option<i32> {
+        let pid = self.successor.filter(|_| !self.taken_over)?;
+        let pidfile = || self.pidfile.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        if pidfile().is_some_and(|s| s.trim() == pid.to_string()) || socket_taken() {
+            self.taken_over = true;
+            return Some(pid);
+        }
+        None
+    }
+
     /// As a new master whose workers are all ready: take over the pidfile and stop the old master.
     pub fn take_over(&mut self) {
         let Some(old) = self.predecessor.take() else { return };
         if let Some(pidfile) = &self.pidfile
-            && let Err(error) = std::fs::rename(pending_pidfile(pidfile), pidfile)
+            && let Err(error) = std::fs::rename(pending_path(pidfile), pidfile)
         {
             tracing::error!(error = %error, pidfile = %pidfile.display(), "binary upgrade: cannot take over the pidfile");
         }
@@ -79,21 +101,22 @@ impl Upgrade {
         }
     }
 
-    /// As the running master (USR2): start the binary on disk with our listeners.
-    pub fn start(&mut self, listeners: &[(SocketAddr, TcpListener)]) {
+    /// As the running master (USR2): start the binary on disk with our listeners. Returns the new master's
+    /// pid (also when one is already starting), or why there is none.
+    pub fn start(&mut self, listeners: &[(SocketAddr, TcpListener)]) -> Result<i32, String> {
         if let Some(pid) = self.successor {
             tracing::warn!(new_master = pid, "binary upgrade already in progress: ignored");
-            return;
+            return Ok(pid);
         }
         if self.predecessor.is_some() {
             tracing::warn!("this master is still taking over from its predecessor: upgrade ignored");
-            return;
+            return Err("this master is still taking over from its predecessor".into());
         }
         let exe = match &self.exe {
             Ok(exe) => exe.clone(),
             Err(error) => {
                 tracing::error!(error = %error, "binary upgrade failed: the binary's path is unknown");
-                return;
+                return Err(format!("the binary's path is unknown: {error}"));
             }
         };
         let fds: Vec<String> = listeners.iter().map(|(_, l)| l.as_raw_fd().to_string()).collect();
@@ -118,17 +141,20 @@ impl Upgrade {
             Ok(child) => {
                 tracing::info!(new_master = child.id(), binary = %exe.display(), "binary upgrade: new master started");
                 self.successor = Some(child.id() as i32);
+                self.taken_over = false;
+                Ok(child.id() as i32)
             }
             Err(error) => {
-                tracing::error!(error = %error, binary = %exe.display(), "binary upgrade failed: cannot start the new binary; still serving")
+                tracing::error!(error = %error, binary = %exe.display(), "binary upgrade failed: cannot start the new binary; still serving");
+                Err(format!("cannot start {}: {error}", exe.display()))
             }
         }
     }
 
-    /// Whether a reaped child was the new master (which then failed); logs it.
-    pub fn reaped(&mut self, pid: i32, how: ExitHow) -> bool {
+    /// If a reaped child was the new master (which then failed): logs it, and says why.
+    pub fn reaped(&mut self, pid: i32, how: ExitHow) -> Option<String> {
         if self.successor != Some(pid) {
-            return false;
+            return None;
         }
         self.successor = None;
         let (code, signal) = match how {
@@ -136,6 +162,12 @@ impl Upgrade {
             ExitHow::Signal(s) => (None, Some(s)),
         };
         tracing::error!(new_master = pid, code, signal, "binary upgrade failed: the new master exited; still serving");
-        true
+        let meaning = match how {
+            ExitHow::Code(1) => " (a runtime failure: see its log)",
+            ExitHow::Code(2) => " (bad configuration: see its log)",
+            ExitHow::Code(3) => " (no worker could boot: see its log)",
+            _ => "",
+        };
+        Some(format!("the new master {pid} exited ({how}){meaning}; still serving"))
     }
 }

@@ -8,8 +8,10 @@
 //!
 //! - `worker.rs`: one worker's lifecycle ([`Life`]), why it is retired or killed, what its exit means;
 //! - `spawn.rs`: when a fork may happen (failed-fork retry, crash-loop backoff, replacement rate limit);
+//! - `control.rs`: the control socket's commands, and when a client waiting for an outcome is answered;
 //! - this file: the master's phase, worker count, timeouts, stop and quit, reloads and recycling.
 
+mod control;
 mod spawn;
 pub(crate) mod worker;
 
@@ -24,6 +26,8 @@ use std::collections::BTreeMap;
 
 use nix::sys::signal::Signal;
 
+use self::control::{Awaited, Waiter};
+pub use self::control::{ClientId, Command, MAX_WAIT, Reply, UpgradeNews, UpgradeStage};
 #[cfg(test)]
 use self::spawn::{MAX_BACKOFF, MAX_FORK_RETRY, RESPAWN_INTERVAL, backoff};
 use self::spawn::{Purpose, Spawner};
@@ -77,6 +81,15 @@ pub enum ExitHow {
     Code(i32),
     /// Killed by this signal number.
     Signal(i32),
+}
+
+impl std::fmt::Display for ExitHow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitHow::Code(code) => write!(f, "exit code {code}"),
+            ExitHow::Signal(signal) => write!(f, "signal {signal}"),
+        }
+    }
 }
 
 /// The timing and sizing policy of one generation of workers.
@@ -178,12 +191,25 @@ pub enum Event {
     },
     /// The executor wrote every worker's memory into the scoreboard (at most once a second).
     Sampled,
+    /// A control client's command.
+    Control {
+        /// Who asks (the reply goes back to it).
+        client: ClientId,
+        /// What it asks for.
+        command: Command,
+    },
+    /// A control client hung up, or was dropped: nobody waits for its outcome any more.
+    ClientGone(ClientId),
+    /// What became of a binary upgrade: the result of [`Action::Upgrade`], or later news of the new master.
+    Upgrade(UpgradeNews),
+    /// The result of [`Action::ReopenLogs`]: what was done, or why it failed.
+    LogsReopened(Result<String, String>),
     /// Periodic check of the scoreboard (every loop turn).
     Tick,
 }
 
-/// What the executor must do, in order. The results of `Spawn` and `LoadConfig` must be handled before any
-/// other event.
+/// What the executor must do, in order. The results of `Spawn`, `LoadConfig`, `Upgrade` and `ReopenLogs` must
+/// be handled before any other event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Fork a worker of `generation` into `slot` and report [`Event::Spawned`] or [`Event::SpawnFailed`].
@@ -208,10 +234,18 @@ pub enum Action {
     },
     /// Forget the settings of a generation that has no worker left.
     DropGeneration(u64),
-    /// Start the binary on disk as a new master inheriting the listeners (USR2).
+    /// Start the binary on disk as a new master inheriting the listeners (USR2), and report
+    /// [`Event::Upgrade`].
     Upgrade,
-    /// Reopen the log file and tell every worker to do the same (USR1).
+    /// Reopen the log file and tell every worker to do the same (USR1), and report [`Event::LogsReopened`].
     ReopenLogs,
+    /// Answer a control client.
+    Reply {
+        /// To whom.
+        client: ClientId,
+        /// What.
+        reply: Reply,
+    },
     /// Close the master's copies of the listening sockets (a stop has begun).
     CloseListeners,
     /// Exit the master with this code.
@@ -222,6 +256,8 @@ pub enum Action {
 pub trait Board {
     /// The current content of a slot.
     fn view(&self, slot: usize) -> crate::scoreboard::SlotView;
+    /// The error a worker that could not boot left in its slot, if any.
+    fn boot_error(&self, slot: usize) -> Option<String>;
 }
 
 /// The master's phase.
@@ -288,6 +324,10 @@ pub struct State {
     startup_deadline: Option<Nanos>,
     /// Restart and reload counters, published in the scoreboard for /metrics.
     counters: crate::scoreboard::MasterCounters,
+    /// Control clients waiting for an outcome.
+    waiters: Vec<Waiter>,
+    /// A binary upgrade in progress.
+    upgrade: Option<UpgradeStage>,
 }
 
 impl State {
@@ -310,6 +350,8 @@ impl State {
             unforked: policy.workers,
             startup_deadline: None,
             counters: Default::default(),
+            waiters: Vec::new(),
+            upgrade: None,
         }
     }
 
@@ -361,6 +403,10 @@ impl State {
             Event::SpawnFailed { slot, error } => self.on_spawn_failed(slot, &error, now),
             Event::ConfigLoaded { generation, result } => self.on_config(generation, result, now, &mut actions),
             Event::Sampled => self.on_sampled(board),
+            Event::Control { client, command } => self.on_control(client, command, now, &mut actions),
+            Event::ClientGone(client) => self.client_gone(client),
+            Event::Upgrade(news) => self.on_upgrade(news, &mut actions),
+            Event::LogsReopened(result) => self.on_reopened(result, &mut actions),
             Event::Tick => {}
         }
         self.tick(now, board, &mut actions);
@@ -397,6 +443,9 @@ impl State {
         }
         if let Some(t) = self.next_spawn(now) {
             at(t);
+        }
+        for w in &self.waiters {
+            at(w.deadline);
         }
         due - now
     }
@@ -469,7 +518,10 @@ impl State {
                 }
             }
             (Sig::Usr1, _) => actions.push(Action::ReopenLogs),
-            (Sig::Usr2, Phase::Running) => actions.push(Action::Upgrade),
+            (Sig::Usr2, Phase::Running) => {
+                self.upgrade.get_or_insert(UpgradeStage::Starting);
+                actions.push(Action::Upgrade);
+            }
             (Sig::Usr2, _) => tracing::warn!("binary upgrade requested during startup: ignored"),
         }
     }
@@ -481,6 +533,7 @@ impl State {
         self.phase = Phase::Stopping;
         self.reload_again = false;
         self.abandon_reload("stopping", actions);
+        self.fail_waiters_on_stop(actions);
         actions.push(Action::CloseListeners);
         let deadline = now.saturating_add(graceful);
         for w in &mut self.workers {
@@ -492,6 +545,7 @@ impl State {
     fn quit(&mut self, code: i32, now: Nanos, actions: &mut Vec<Action>) {
         self.reload_again = false;
         self.abandon_reload("stopping", actions);
+        self.fail_waiters_on_stop(actions);
         self.phase = Phase::Quitting { deadline: now.saturating_add(QUIT_GRACE), code, escalated: false };
         actions.push(Action::CloseListeners);
         for w in &mut self.workers {
@@ -520,6 +574,10 @@ impl State {
                 tracing::error!(generation, error = %error, "reload aborted: configuration rejected, keeping the running workers");
                 self.reload = None;
                 self.counters.reloads_aborted += 1;
+                self.answer(actions, |a| {
+                    (*a == Awaited::Reload { generation })
+                        .then(|| Reply::Failed(format!("reload aborted: configuration rejected: {error}")))
+                });
                 if std::mem::take(&mut self.reload_again) {
                     self.start_reload(actions);
                 }
@@ -537,6 +595,10 @@ impl State {
         let Some(reload) = self.reload.take() else { return };
         tracing::warn!(generation = reload.generation, reason = why, "reload aborted");
         self.counters.reloads_aborted += 1;
+        self.answer(actions, |a| {
+            (*a == Awaited::Reload { generation: reload.generation })
+                .then(|| Reply::Failed(format!("reload aborted: {why}")))
+        });
         for w in self.workers.iter_mut().filter(|w| w.generation == reload.generation) {
             if !matches!(w.life, Life::Killed { .. }) {
                 w.set_life(Life::Killed { reason: KillReason::ReloadAborted });
@@ -613,7 +675,14 @@ impl State {
             && w.generation == reload.generation
             && w.life != (Life::Killed { reason: KillReason::ReloadAborted })
         {
-            self.abandon_reload("a worker of the new generation died before the switch", actions);
+            // A worker that could not boot left its error in its slot: the reload's outcome names it.
+            let why = match board.boot_error(w.slot) {
+                Some(error) if w.life == Life::Booting => {
+                    format!("a worker of the new generation died before the switch: {error}")
+                }
+                _ => format!("a worker of the new generation died before the switch ({how})"),
+            };
+            self.abandon_reload(&why, actions);
         }
         let gone = !self.workers.iter().any(|o| o.generation == w.generation)
             && !self.pending.iter().any(|p| p.generation == w.generation);
@@ -632,6 +701,7 @@ impl State {
         self.decide(now, actions);
         // Again, for a deadline set by a decision of this turn (a drain of zero seconds).
         self.enforce_deadlines(now, board, actions);
+        self.check_waiters(now, actions);
     }
 
     fn decide(&mut self, now: Nanos, actions: &mut Vec<Action>) {
@@ -641,12 +711,12 @@ impl State {
             Phase::Stopping => {
                 if self.workers.is_empty() && self.pending.is_empty() {
                     tracing::info!("all workers stopped: exiting");
-                    actions.push(Action::Exit(EXIT_OK));
+                    self.exit(EXIT_OK, actions);
                 }
             }
             Phase::Quitting { deadline, code, escalated } => {
                 if self.workers.is_empty() && self.pending.is_empty() {
-                    actions.push(Action::Exit(code));
+                    self.exit(code, actions);
                 } else if !escalated && now >= deadline {
                     self.phase = Phase::Quitting { deadline, code, escalated: true };
                     for w in &self.workers {
@@ -684,7 +754,7 @@ impl State {
                 never_forked = self.unforked,
                 "no worker could boot: stopping (see the worker's error above)"
             );
-            actions.push(Action::Exit(EXIT_NO_WORKER));
+            self.exit(EXIT_NO_WORKER, actions);
         }
     }
 
@@ -832,7 +902,13 @@ impl State {
 
     /// Moves a reload forward: spawn the new generation, switch once it is ready, abort at its deadline.
     fn progress_reload(&mut self, now: Nanos, actions: &mut Vec<Action>) {
-        let Some(Reload { generation, deadline: Some(deadline) }) = self.reload else { return };
+        let Some(Reload { generation, deadline: Some(deadline) }) = self.reload else {
+            // A reload aborted by a worker's death leaves the one asked for during it to start now.
+            if self.reload.is_none() && std::mem::take(&mut self.reload_again) {
+                self.start_reload(actions);
+            }
+            return;
+        };
         let policy = self.policy(generation);
         let ready = self.workers.iter().filter(|w| w.generation == generation && w.ready()).count();
         if ready >= policy.workers {
@@ -847,6 +923,14 @@ impl State {
             self.desired = policy.workers;
             self.reload = None;
             self.counters.reloads_ok += 1;
+            self.answer(actions, |a| {
+                (*a == Awaited::Reload { generation }).then(|| {
+                    Reply::Done(format!(
+                        "reload complete: generation {generation} serving with {} workers",
+                        policy.workers
+                    ))
+                })
+            });
             for w in &mut self.workers {
                 if w.generation != generation && w.active() {
                     worker_event!(info, w, "worker retiring: replaced by a new generation");

@@ -2,12 +2,15 @@
 //!
 //! A small simulated world plays the processes: workers that boot or not, hang, crash with any status,
 //! write garbage into their slot, ask to be recycled, drain on SIGTERM (or not), die on SIGKILL; forks that
-//! fail for a while; configuration reloads that succeed or are rejected; operator signals at any moment.
+//! fail for a while; configuration reloads that succeed or are rejected; operator signals and control commands
+//! at any moment, from clients that wait for the outcome or hang up; new masters of binary upgrades that take
+//! over or fail.
 //! Time passes the way the executor lets it: in steps no longer than [`State::sleep_for`]. After every step
 //! the safety invariants are checked; after the sequence, a settle phase (forks succeed, workers boot and
-//! obey) checks that the master gets back to its target, or stops within its deadline.
+//! obey) checks that the master gets back to its target, or stops within its deadline, and that every
+//! client got its answer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nix::sys::signal::Signal;
 use proptest::prelude::*;
@@ -46,6 +49,12 @@ enum Op {
     Forks(bool),
     /// What the next reload reads: a policy, or a rejected file.
     Config(Option<Policy>),
+    /// A control client sends a command.
+    Control(Command),
+    /// The k-th client waiting for an outcome hangs up.
+    HangUp(usize),
+    /// The new master of a binary upgrade in progress takes over (true; its TERM follows) or exits.
+    NewMaster(bool),
 }
 
 /// A memory limit the [`Op::Memory`] samples cross.
@@ -65,6 +74,19 @@ fn policy() -> impl Strategy<Value = Policy> {
             lifetime_jitter,
         },
     )
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    let wait = || proptest::option::weighted(0.7, (1u64..60).prop_map(|s| s * SEC));
+    prop_oneof![
+        2 => Just(Command::Status),
+        6 => wait().prop_map(|wait| Command::Reload { wait }),
+        2 => wait().prop_map(|wait| Command::Upgrade { wait }),
+        4 => (0usize..6).prop_map(|workers| Command::Scale { workers }),
+        4 => wait().prop_map(|wait| Command::Recycle { wait }),
+        1 => (any::<bool>(), wait()).prop_map(|(fast, wait)| Command::Stop { fast, wait }),
+        1 => Just(Command::ReopenLogs),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -102,7 +124,19 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..8, word).prop_map(|(k, w)| Op::Stamp(k, w)),
         4 => any::<bool>().prop_map(Op::Forks),
         2 => proptest::option::weighted(0.8, policy()).prop_map(Op::Config),
+        6 => command().prop_map(Op::Control),
+        1 => (0usize..8).prop_map(Op::HangUp),
+        1 => any::<bool>().prop_map(Op::NewMaster),
     ]
+}
+
+/// A command as it was sent: what the master looked like then.
+struct Asked {
+    command: Command,
+    /// The generation the next reload runs as.
+    next_generation: u64,
+    /// The serving workers of that generation.
+    serving: Vec<i32>,
 }
 
 /// The simulated processes around the master.
@@ -111,13 +145,30 @@ struct World {
     hung: BTreeSet<i32>,
     /// The latest time the master may exit, once a stop or quit began.
     exit_by: Option<Nanos>,
+    /// Every command sent, by client.
+    asked: BTreeMap<ClientId, Asked>,
+    answered: BTreeSet<ClientId>,
+    /// Clients that hung up.
+    gone: BTreeSet<ClientId>,
+    /// The new master that took over, if one did.
+    took_over: Option<i32>,
 }
 
 impl World {
-    /// The master's first turn, in which the first `failed_forks` forks fail.
-    fn new(failed_forks: usize) -> World {
-        let mut w = World { h: Harness::new(POLICY), hung: BTreeSet::new(), exit_by: None };
+    /// The master's first turn at `start` (the monotonic clock counts from the machine's boot), in which the
+    /// first `failed_forks` forks fail.
+    fn new(failed_forks: usize, start: Nanos) -> World {
+        let mut w = World {
+            h: Harness::new(POLICY),
+            hung: BTreeSet::new(),
+            exit_by: None,
+            asked: BTreeMap::new(),
+            answered: BTreeSet::new(),
+            gone: BTreeSet::new(),
+            took_over: None,
+        };
         w.h.fail_next_forks = failed_forks;
+        w.h.now = start;
         w.handle(Event::Tick);
         w
     }
@@ -148,7 +199,55 @@ impl World {
         let serving_before = self.h.serving().len();
         let actions = self.h.handle(event);
         self.check_retirements(&actions, serving_before);
+        self.check_replies(&actions);
         self.check();
+    }
+
+    /// Every client is answered once, unless it hung up, and only with what happened: a reload reported
+    /// done switched generations, a recycle reported done left none of the workers it was asked to replace
+    /// serving, a stop reported done exited, an upgrade reported done was taken over. When the master exits,
+    /// nobody is left waiting.
+    fn check_replies(&mut self, actions: &[Action]) {
+        let s = &self.h.state;
+        for action in actions {
+            let Action::Reply { client, reply } = action else { continue };
+            let asked = self.asked.get(client).expect("a reply to a client that asked nothing");
+            assert!(!self.gone.contains(client), "a reply to client {client}, which hung up");
+            assert!(self.answered.insert(*client), "client {client} answered twice");
+            match (&asked.command, reply) {
+                (Command::Status, reply) => assert_eq!(reply, &Reply::Status),
+                (_, Reply::Status) => panic!("a status for {:?}", asked.command),
+                // The reload asked for runs as the next generation: done once it serves, and only then.
+                (Command::Reload { wait: Some(_) }, Reply::Done(_)) => {
+                    assert_eq!(s.current, asked.next_generation, "a reload reported done, but not the one asked")
+                }
+                (Command::Reload { wait: Some(_) }, Reply::Failed(_)) => {
+                    assert!(s.current < asked.next_generation, "a reload reported failed, but it completed")
+                }
+                (Command::Recycle { wait: Some(_) }, reply) => {
+                    let serving = |pid: &i32| s.workers.iter().any(|w| w.pid == *pid && w.active());
+                    match reply {
+                        Reply::Done(what) if what.starts_with("recycled") => {
+                            assert!(!asked.serving.iter().any(serving), "recycle reported done, a worker still serves")
+                        }
+                        Reply::Failed(why) if why.starts_with("timed out") => {
+                            assert!(asked.serving.iter().any(serving), "recycle timed out, but it was done")
+                        }
+                        _ => {}
+                    }
+                }
+                (Command::Stop { wait: Some(_), .. }, Reply::Done(_)) => {
+                    assert!(self.h.exit.is_some(), "a stop reported done before the exit")
+                }
+                (_, Reply::Upgraded { new_master }) => assert_eq!(Some(*new_master), self.took_over),
+                _ => {}
+            }
+        }
+        if self.h.exit.is_some() {
+            for client in self.asked.keys() {
+                assert!(self.answered.contains(client) || self.gone.contains(client), "client {client} left waiting");
+            }
+        }
     }
 
     /// A retirement for max_requests never lowers the serving count; one for a reload happens only once
@@ -256,6 +355,7 @@ impl World {
             let unstopped = self.h.state.workers.iter().any(|w| w.pid == pid && !matches!(w.life, Life::Killed { .. }));
             self.h.exited.insert(pid);
             let actions = self.h.handle(Event::Exited { pid, how, oom });
+            self.check_replies(&actions);
             // A worker killed from outside (an operator, the OOM killer) is replaced at once: it never feeds the
             // crash-loop backoff.
             if outside_kill {
@@ -355,6 +455,39 @@ impl World {
             }
             Op::Forks(ok) => self.h.forks_fail = !ok,
             Op::Config(policy) => self.h.config = policy.ok_or_else(|| "rejected".to_string()),
+            Op::Control(ref command) => {
+                if self.h.exit.is_none() {
+                    let client = self.asked.len() as ClientId + 1;
+                    let s = &self.h.state;
+                    let serving = self.h.serving();
+                    let asked = Asked { command: command.clone(), next_generation: s.next_generation, serving };
+                    self.asked.insert(client, asked);
+                    if let Command::Stop { fast, .. } = command {
+                        self.note_stop(if *fast { Sig::Quit } else { Sig::Term });
+                    }
+                    self.handle(Event::Control { client, command: command.clone() });
+                }
+            }
+            Op::HangUp(k) => {
+                let waiting: Vec<ClientId> = self.h.state.waiters.iter().map(|w| w.client).collect();
+                if !waiting.is_empty() {
+                    let client = waiting[k % waiting.len()];
+                    self.gone.insert(client);
+                    self.handle(Event::ClientGone(client));
+                }
+            }
+            Op::NewMaster(takes_over) => {
+                if let Some(UpgradeStage::Booting { pid }) = self.h.state.upgrade_stage() {
+                    if takes_over {
+                        self.took_over = Some(pid);
+                        self.handle(Event::Upgrade(UpgradeNews::TookOver { pid }));
+                        self.note_stop(Sig::Term);
+                        self.handle(Event::Signal(Sig::Term));
+                    } else {
+                        self.handle(Event::Upgrade(UpgradeNews::Failed { reason: "exited".into() }));
+                    }
+                }
+            }
         }
         if let (Some(_), Some(bound)) = (self.h.exit, self.exit_by) {
             assert!(self.h.now <= bound, "exited at {} ms, after its deadline {} ms", self.h.now / MS, bound / MS);
@@ -381,6 +514,10 @@ impl World {
             }
             self.advance(SEC);
             if self.h.exit.is_none() && self.settled() {
+                for client in self.asked.keys() {
+                    let answered = self.answered.contains(client) || self.gone.contains(client);
+                    assert!(answered, "client {client} never answered");
+                }
                 return;
             }
         }
@@ -391,11 +528,13 @@ impl World {
                 assert!(!self.h.state.ever_ready, "exit 3 after a worker was ready");
             }
             (None, _) => panic!(
-                "not back to {} serving workers after the faults ended: phase {:?}, serving {:?}, reloading {}",
+                "not back to {} serving workers after the faults ended: phase {:?}, serving {:?}, reloading {}, \
+                 waiting clients {:?}",
                 self.h.state.desired,
                 self.h.state.phase,
                 self.h.serving(),
-                self.h.state.reloading()
+                self.h.state.reloading(),
+                self.h.state.waiters
             ),
         }
     }
@@ -404,6 +543,8 @@ impl World {
         let s = &self.h.state;
         s.phase == Phase::Running
             && !s.reloading()
+            && !s.reload_again
+            && s.waiters.is_empty()
             && self.h.serving().len() == s.desired
             && s.workers.iter().all(|w| w.generation == s.current && w.life == (Life::Ready { recycle: None }))
     }
@@ -415,9 +556,10 @@ proptest! {
     #[test]
     fn the_master_recovers_from_any_sequence_of_faults(
         failed_forks in prop_oneof![3 => Just(0usize), 1 => 1usize..=2],
+        start in prop_oneof![Just(SEC), Just(40 * 86_400 * SEC)],
         ops in proptest::collection::vec(op(), 1..120),
     ) {
-        let mut world = World::new(failed_forks);
+        let mut world = World::new(failed_forks, start);
         for op in &ops {
             world.apply(op);
         }

@@ -9,9 +9,9 @@ use nix::sys::signal::Signal;
 use super::*;
 use crate::scoreboard::{SlotState, SlotView};
 
-/// A scoreboard the tests write by hand.
+/// A scoreboard the tests write by hand: slots, and the boot errors workers left in them.
 #[derive(Default)]
-pub struct FakeBoard(pub RefCell<HashMap<usize, SlotView>>);
+pub struct FakeBoard(pub RefCell<HashMap<usize, SlotView>>, pub RefCell<HashMap<usize, String>>);
 
 impl FakeBoard {
     /// Writes a slot's pid, state and heartbeat, keeping what else it holds.
@@ -24,6 +24,12 @@ impl FakeBoard {
     /// A slot prepared for a new worker, as the executor does before it forks.
     pub fn prepare(&self, slot: usize, pid: i32, now: Nanos) {
         self.0.borrow_mut().insert(slot, SlotView { pid, state: SlotState::Booting, heartbeat_ns: now, ..empty() });
+        self.1.borrow_mut().remove(&slot);
+    }
+
+    /// A worker that cannot boot leaves its error.
+    pub fn set_boot_error(&self, slot: usize, error: &str) {
+        self.1.borrow_mut().insert(slot, error.to_string());
     }
 
     /// A worker's memory, as the executor samples it.
@@ -50,6 +56,10 @@ fn empty() -> SlotView {
 impl Board for FakeBoard {
     fn view(&self, slot: usize) -> SlotView {
         self.0.borrow().get(&slot).cloned().unwrap_or_else(empty)
+    }
+
+    fn boot_error(&self, slot: usize) -> Option<String> {
+        self.1.borrow().get(&slot).cloned()
     }
 }
 
@@ -89,6 +99,10 @@ pub struct Harness {
     /// An event to deliver between the next spawn and its result (a race the executor avoids; the state
     /// must not depend on it).
     pub interject: Option<Event>,
+    /// Whether the next binary upgrade's new master cannot be started.
+    pub upgrade_fails: bool,
+    /// Every reply to a control client, in order.
+    pub replies: Vec<(ClientId, Reply)>,
 }
 
 impl Harness {
@@ -107,6 +121,8 @@ impl Harness {
             exited: Default::default(),
             spawn_after_failure: false,
             interject: None,
+            upgrade_fails: false,
+            replies: Vec::new(),
         }
     }
 
@@ -150,6 +166,12 @@ impl Harness {
                     }
                     Action::Kill { pid, signal } => self.signals.entry(*pid).or_default().push(*signal),
                     Action::Exit(code) => self.exit = Some(*code),
+                    Action::Upgrade if self.upgrade_fails => {
+                        results.push(Event::Upgrade(UpgradeNews::Failed { reason: "cannot start".into() }))
+                    }
+                    Action::Upgrade => results.push(Event::Upgrade(UpgradeNews::Started { pid: NEW_MASTER })),
+                    Action::ReopenLogs => results.push(Event::LogsReopened(Ok("log file reopened".into()))),
+                    Action::Reply { client, reply } => self.replies.push((*client, reply.clone())),
                     _ => {}
                 }
                 out.push(action);
@@ -250,3 +272,20 @@ pub fn spawns(actions: &[Action]) -> usize {
 }
 
 pub const SIGKILL: ExitHow = ExitHow::Signal(Signal::SIGKILL as i32);
+
+/// The pid a binary upgrade's new master gets.
+pub const NEW_MASTER: i32 = 99;
+
+impl Harness {
+    /// Sends a control command from `client` and returns the replies it caused (to any client).
+    pub fn control(&mut self, client: ClientId, command: Command) -> Vec<(ClientId, Reply)> {
+        let before = self.replies.len();
+        self.handle(Event::Control { client, command });
+        self.replies[before..].to_vec()
+    }
+
+    /// The reply `client` got, if any.
+    pub fn reply_to(&self, client: ClientId) -> Option<&Reply> {
+        self.replies.iter().find(|(c, _)| *c == client).map(|(_, r)| r)
+    }
+}

@@ -478,6 +478,20 @@ fn hups_during_a_reload_coalesce_into_one_more() {
 }
 
 #[test]
+fn a_hup_during_a_reload_that_a_dying_worker_aborts_is_not_lost() {
+    let mut h = Harness::running();
+    let old = h.pids();
+    h.handle(Event::Signal(Sig::Hup));
+    h.handle(Event::Signal(Sig::Hup));
+    let new: Vec<i32> = h.pids().into_iter().filter(|p| !old.contains(p)).collect();
+    h.exit(new[0], ExitHow::Code(3));
+    h.reap_killed();
+    assert!(h.state.reloading(), "the HUP that came during the aborted reload runs now");
+    h.all_ready();
+    assert_eq!(h.state.generation(), 3);
+}
+
+#[test]
 fn restarts_are_counted_by_reason() {
     let mut h = Harness::running();
     let reason = |h: &Harness, r: RestartReason| h.state.counters().restarts[r.index()];
@@ -600,4 +614,212 @@ fn an_oom_kill_is_named_and_replaced_at_once() {
     assert_eq!(h.state.counters().restarts[RestartReason::OomKill.index()], 3);
     assert_eq!(h.state.counters().restarts[RestartReason::Killed.index()], 0);
     assert_eq!(h.state.spawner.crashes(), 0, "not a crash loop");
+}
+
+// Control commands (`supervisor ctl`).
+
+fn failed(reply: Option<&Reply>) -> String {
+    match reply {
+        Some(Reply::Failed(why)) => why.clone(),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn done(reply: Option<&Reply>) -> String {
+    match reply {
+        Some(Reply::Done(what)) => what.clone(),
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+#[test]
+fn reload_wait_is_answered_once_the_new_generation_serves() {
+    let mut h = Harness::running();
+    assert_eq!(h.control(1, Command::Reload { wait: Some(60 * SEC) }), []);
+    assert!(h.state.reloading());
+    h.run_for(SEC, 100 * MS);
+    assert_eq!(h.reply_to(1), None, "not before the switch");
+    h.all_ready();
+    assert_eq!(h.state.generation(), 2);
+    assert!(done(h.reply_to(1)).contains("generation 2 serving"));
+    assert_eq!(h.replies.len(), 1, "answered once");
+
+    // Not waiting: answered at once.
+    let replies = h.control(2, Command::Reload { wait: None });
+    assert_eq!(replies, [(2, Reply::Done("reload started: generation 3".into()))]);
+}
+
+#[test]
+fn reload_wait_on_a_rejected_configuration_names_the_error_and_forks_nothing() {
+    let mut h = Harness::running();
+    h.config = Err("invalid configuration: `timeout` (from file x.toml): must be between 1 and 86400".into());
+    let before = h.pids();
+    h.control(1, Command::Reload { wait: Some(60 * SEC) });
+    let why = failed(h.reply_to(1));
+    assert!(why.starts_with("reload aborted: configuration rejected") && why.contains("`timeout`"), "{why}");
+    assert_eq!(h.pids(), before);
+    assert_eq!(h.state.generation(), 1);
+}
+
+#[test]
+fn reload_wait_when_a_new_worker_cannot_boot_names_its_error() {
+    let mut h = Harness::running();
+    let old = h.pids();
+    h.control(1, Command::Reload { wait: Some(60 * SEC) });
+    let new: Vec<i32> = h.pids().into_iter().filter(|p| !old.contains(p)).collect();
+    h.board.set_boot_error(h.slot_of(new[0]), "boot refused: the database is unreachable");
+    h.exit(new[0], ExitHow::Code(3));
+    let why = failed(h.reply_to(1));
+    assert!(why.contains("died before the switch: boot refused: the database is unreachable"), "{why}");
+    assert_eq!(h.serving(), old, "the old generation serves");
+
+    // Without a boot error (a crash), the exit is named.
+    h.reap_killed();
+    h.control(2, Command::Reload { wait: Some(60 * SEC) });
+    let new: Vec<i32> = h.pids().into_iter().filter(|p| !old.contains(p)).collect();
+    h.exit(new[0], ExitHow::Signal(Signal::SIGSEGV as i32));
+    assert!(failed(h.reply_to(2)).contains("(signal 11)"), "{:?}", h.reply_to(2));
+}
+
+#[test]
+fn reload_wait_times_out_with_where_the_reload_stands() {
+    let mut h = Harness::running();
+    h.control(1, Command::Reload { wait: Some(2 * SEC) });
+    h.run_for(2 * SEC, 100 * MS);
+    let why = failed(h.reply_to(1));
+    assert!(why.contains("timed out") && why.contains("0 of 2 workers ready"), "{why}");
+    assert!(h.state.reloading(), "the reload itself goes on until boot_timeout");
+}
+
+#[test]
+fn a_reload_asked_for_during_a_reload_waits_for_the_next_one() {
+    let mut h = Harness::running();
+    h.handle(Event::Signal(Sig::Hup));
+    h.control(1, Command::Reload { wait: Some(60 * SEC) });
+    h.all_ready();
+    assert_eq!(h.state.generation(), 2);
+    assert_eq!(h.reply_to(1), None, "generation 2 read the file before the request");
+    assert!(h.state.reloading());
+    h.all_ready();
+    assert!(done(h.reply_to(1)).contains("generation 3"));
+}
+
+#[test]
+fn a_reload_asked_for_during_a_reload_that_aborts_still_runs() {
+    let mut h = Harness::running();
+    let old = h.pids();
+    h.handle(Event::Signal(Sig::Hup));
+    h.control(1, Command::Reload { wait: Some(60 * SEC) });
+    let new: Vec<i32> = h.pids().into_iter().filter(|p| !old.contains(p)).collect();
+    h.exit(new[0], ExitHow::Code(3));
+    h.reap_killed();
+    assert!(h.state.reloading(), "the queued reload starts");
+    h.all_ready();
+    assert!(done(h.reply_to(1)).contains("generation 3"));
+}
+
+#[test]
+fn recycle_replaces_every_serving_worker_one_at_a_time_replacement_first() {
+    let mut h = Harness::running();
+    let old = h.pids();
+    h.control(1, Command::Recycle { wait: Some(60 * SEC) });
+    for pid in &old {
+        assert_eq!(h.life(*pid), Life::Ready { recycle: Some(Recycle::Operator) });
+    }
+    let mut rounds = 0;
+    while h.reply_to(1).is_none() && rounds < 10 {
+        rounds += 1;
+        let booting = h.pids().iter().filter(|p| h.life(**p) == Life::Booting).count();
+        assert!(booting <= 1, "one replacement at a time");
+        assert!(h.serving().len() >= 2, "capacity never dips");
+        h.all_ready();
+        for pid in h.pids() {
+            if matches!(h.life(pid), Life::Retiring { .. }) {
+                h.exit(pid, ExitHow::Code(0));
+            }
+        }
+        h.run_for(200 * MS, 100 * MS);
+    }
+    assert_eq!(done(h.reply_to(1)), "recycled 2 workers");
+    assert!(h.pids().iter().all(|p| !old.contains(p)));
+    assert_eq!(h.state.counters().restarts[RestartReason::RecycleOperator.index()], 2);
+}
+
+#[test]
+fn scale_sets_the_worker_count_within_bounds() {
+    let mut h = Harness::running();
+    assert!(done(h.control(1, Command::Scale { workers: 4 }).first().map(|r| &r.1)).contains("set to 4 (was 2)"));
+    h.run_for(SEC, 100 * MS);
+    assert_eq!(h.pids().len(), 4);
+    assert!(failed(h.control(2, Command::Scale { workers: 0 }).first().map(|r| &r.1)).contains("between 1 and"));
+    assert!(failed(h.control(3, Command::Scale { workers: 10_000 }).first().map(|r| &r.1)).contains("between 1 and"));
+    h.all_ready();
+    let actions = h.handle(Event::Control { client: 4, command: Command::Scale { workers: 1 } });
+    assert_eq!(kills(&actions).len(), 3, "three retire");
+    assert_eq!(h.state.desired(), 1);
+}
+
+#[test]
+fn stop_wait_is_answered_as_the_master_exits() {
+    let mut h = Harness::running();
+    let actions = h.handle(Event::Control { client: 1, command: Command::Stop { fast: false, wait: Some(60 * SEC) } });
+    assert!(kills(&actions).iter().all(|(_, s)| *s == Signal::SIGTERM) && kills(&actions).len() == 2);
+    assert_eq!(h.control(2, Command::Stop { fast: false, wait: None }), [(2, Reply::Done("already stopping".into()))]);
+    assert_eq!(failed(h.control(3, Command::Recycle { wait: None }).first().map(|r| &r.1)), "the server is stopping");
+    for pid in h.pids() {
+        h.exit(pid, ExitHow::Code(0));
+    }
+    assert_eq!(h.exit, Some(0));
+    assert_eq!(done(h.reply_to(1)), "stopped (exit code 0)");
+
+    let mut h = Harness::running();
+    h.control(1, Command::Reload { wait: Some(60 * SEC) });
+    h.control(2, Command::Stop { fast: true, wait: Some(60 * SEC) });
+    assert_eq!(failed(h.reply_to(1)), "reload aborted: stopping");
+    h.advance(QUIT_GRACE);
+    h.reap_killed();
+    assert_eq!(done(h.reply_to(2)), "stopped (exit code 0)");
+}
+
+#[test]
+fn upgrade_is_answered_when_the_new_master_runs_takes_over_or_fails() {
+    let mut h = Harness::running();
+    assert_eq!(
+        h.control(1, Command::Upgrade { wait: None }),
+        [(1, Reply::Done(format!("binary upgrade started: new master {NEW_MASTER}")))]
+    );
+    h.control(2, Command::Upgrade { wait: Some(60 * SEC) });
+    assert_eq!(h.state.upgrade_stage(), Some(UpgradeStage::Booting { pid: NEW_MASTER }));
+    assert_eq!(h.reply_to(2), None);
+    h.handle(Event::Upgrade(UpgradeNews::TookOver { pid: NEW_MASTER }));
+    assert_eq!(h.reply_to(2), Some(&Reply::Upgraded { new_master: NEW_MASTER }));
+    h.handle(Event::Signal(Sig::Term));
+    assert_eq!(h.state.phase(), Phase::Stopping);
+
+    let mut h = Harness::running();
+    h.control(1, Command::Upgrade { wait: Some(60 * SEC) });
+    h.handle(Event::Upgrade(UpgradeNews::Failed { reason: "the new master exited with exit code 3".into() }));
+    assert_eq!(failed(h.reply_to(1)), "binary upgrade failed: the new master exited with exit code 3");
+    assert_eq!(h.state.upgrade_stage(), None);
+
+    let mut h = Harness::running();
+    h.upgrade_fails = true;
+    h.control(1, Command::Upgrade { wait: Some(60 * SEC) });
+    assert_eq!(failed(h.reply_to(1)), "binary upgrade failed: cannot start");
+
+    let mut h = Harness::new(POLICY);
+    h.handle(Event::Tick);
+    assert!(failed(h.control(1, Command::Upgrade { wait: None }).first().map(|r| &r.1)).contains("startup"));
+}
+
+#[test]
+fn a_client_that_hangs_up_is_forgotten_and_status_and_reopen_are_answered_at_once() {
+    let mut h = Harness::running();
+    h.control(1, Command::Reload { wait: Some(60 * SEC) });
+    h.handle(Event::ClientGone(1));
+    assert!(h.state.waiters.is_empty());
+    h.all_ready();
+    assert_eq!(h.replies, [], "nobody to answer");
+    assert_eq!(h.control(2, Command::Status), [(2, Reply::Status)]);
+    assert_eq!(h.control(3, Command::ReopenLogs), [(3, Reply::Done("log file reopened".into()))]);
 }

@@ -64,6 +64,19 @@ pub enum Life {
     },
 }
 
+impl Life {
+    /// The state `supervisor ctl status` shows, and why the worker is in it (recycling, retiring, killed).
+    pub fn describe(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Life::Booting => ("booting", None),
+            Life::Ready { recycle: None } => ("ready", None),
+            Life::Ready { recycle: Some(why) } => ("recycling", Some(why.as_str())),
+            Life::Retiring { reason, .. } => ("retiring", Some(reason.as_str())),
+            Life::Killed { reason } => ("killed", Some(reason.as_str())),
+        }
+    }
+}
+
 /// Why the supervisor killed a worker (used to name the exit when it is reaped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KillReason {
@@ -101,6 +114,8 @@ pub enum Recycle {
     Memory,
     /// It lived `max_worker_lifetime` (plus its jitter).
     Lifetime,
+    /// An operator asked for every serving worker to be replaced (`supervisor ctl recycle`).
+    Operator,
 }
 
 impl Recycle {
@@ -109,6 +124,7 @@ impl Recycle {
             Recycle::Requests => RestartReason::RecycleRequests,
             Recycle::Memory => RestartReason::RecycleMemory,
             Recycle::Lifetime => RestartReason::RecycleLifetime,
+            Recycle::Operator => RestartReason::RecycleOperator,
         }
     }
 
