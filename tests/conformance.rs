@@ -168,6 +168,8 @@ fn framing_refuses_what_could_smuggle_a_request() {
         ),
         ("a bare CR in a field value", get_healthz("X-Bare: a\rb\r\n"), refused),
         ("a NUL in a field value", get_healthz("X-Nul: a\0b\r\n"), refused),
+        // A lone LF ends a line (RFC 9112 2.2 allows it).
+        ("LF line ends", b"GET /healthz HTTP/1.1\nHost: test\n\n".to_vec(), (Answer::App(200), After::Kept)),
     ];
     for (name, bytes, (answer, after)) in cases {
         check(&server, name, &bytes, answer, after);
