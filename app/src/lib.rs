@@ -44,3 +44,6 @@ pub use migrations::{
 };
 pub use request_id::{RequestId, is_valid as is_valid_request_id};
 pub use service::App;
+
+#[cfg(fuzzing)]
+pub mod fuzzing;
