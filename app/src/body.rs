@@ -35,7 +35,7 @@ pub async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiErro
 }
 
 /// The 400 for a body that is not JSON.
-pub fn invalid_json(error: &serde_json::Error) -> ApiError {
+pub fn invalid_json(error: &dyn std::fmt::Display) -> ApiError {
     ApiError::bad_request("request body is not valid JSON")
         .with_details(serde_json::json!({ "error": error.to_string() }))
 }

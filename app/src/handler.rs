@@ -22,6 +22,12 @@ impl Params {
         Params(params)
     }
 
+    /// Every parameter, in template order.
+    #[cfg(fuzzing)]
+    pub(crate) fn all(&self) -> &[String] {
+        &self.0
+    }
+
     /// The first parameter (routes have at most one today).
     pub(crate) fn first(&self) -> &str {
         self.0.first().map_or("", String::as_str)

@@ -74,7 +74,9 @@ const MAX_REPORTED_NAME: usize = 64;
 /// skipped without being built, so a hostile body (a huge array, an object with many thousands of keys)
 /// costs little more memory than its own bytes, and the 422 stays small.
 pub(crate) fn parse_new_item(bytes: &[u8]) -> Result<NewItem, ApiError> {
-    let body: Body = serde_json::from_slice(bytes).map_err(|e| invalid_json(&e))?;
+    // UTF-8 checked first: the values skipped unread (unknown fields, a body that is not an object) are not.
+    let text = std::str::from_utf8(bytes).map_err(|e| invalid_json(&e))?;
+    let body: Body = serde_json::from_str(text).map_err(|e| invalid_json(&e))?;
     validate(body).map_err(ApiError::validation)
 }
 
@@ -443,6 +445,18 @@ mod tests {
         assert_eq!(fields(json!("text"))[0].0, "body");
         assert_eq!(fields(json!({"name": [1, [2]], "quantity": {"a": 1}}))[1].1, "must be an integer");
         assert!(matches!(parse_new_item(b"{\"name\": "), Err(e) if e.code() == ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_not_json_even_where_it_is_skipped() {
+        let bodies: [&[u8]; 3] = [
+            b"{\"name\": \"a\", \"quantity\": 1, \"colour\": \"\xff\"}",
+            b"[\"\xff\"]",
+            b"{\"name\": \"\xff\", \"quantity\": 1}",
+        ];
+        for body in bodies {
+            assert!(matches!(parse_new_item(body), Err(e) if e.code() == ErrorCode::BadRequest), "{body:?}");
+        }
     }
 
     #[test]

@@ -48,3 +48,6 @@ pub use migrations::{
 };
 pub use pipeline::{App, Connection};
 pub use request_id::{RequestId, is_valid as is_valid_request_id};
+
+#[cfg(fuzzing)]
+pub mod fuzzing;

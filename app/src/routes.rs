@@ -223,6 +223,18 @@ fn millis(query: Option<&str>) -> Result<u64, ApiError> {
     }
 }
 
+/// Matching as the fuzz targets see it (`app/src/fuzzing.rs`); compiled only with `--cfg fuzzing`.
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing {
+    pub(crate) fn params(matched: &super::Matched) -> &[String] {
+        matched.params.all()
+    }
+
+    pub(crate) fn match_template(template: &str, path: &str) -> Option<Vec<String>> {
+        super::match_template(template, path).map(|p| p.all().to_vec())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

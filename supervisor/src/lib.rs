@@ -137,3 +137,6 @@ impl std::fmt::Display for MasterError {
 
 /// The cause is part of the `Display` text, so it is not repeated as a `source`.
 impl std::error::Error for MasterError {}
+
+#[cfg(fuzzing)]
+pub mod fuzzing;

@@ -15,6 +15,8 @@
 //! master. A line that does not fit is dropped and counted (`log_lines_dropped_total`); once the output
 //! takes lines again, one line says how many were dropped and since when.
 
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing;
 mod output;
 
 use std::fmt::Write as _;

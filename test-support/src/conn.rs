@@ -46,6 +46,12 @@ impl Conn {
         self.send("GET", path, &[], b"")
     }
 
+    /// Writes `bytes` as they are, for what [`Conn::send`] cannot build: malformed heads, several pipelined
+    /// requests, a body sent after an interim answer. The answers are read with [`Conn::read_response`].
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
     fn fill(&mut self) -> std::io::Result<()> {
         let mut chunk = [0u8; 8192];
         let n = self.stream.read(&mut chunk)?;
@@ -75,6 +81,25 @@ impl Conn {
         }
         let raw: Vec<u8> = self.buf.drain(..head_end + 4 + len).collect();
         http_client::parse(&raw, false)
+    }
+
+    /// Waits until the server closes this connection (a reset counts) and returns what it sent after the
+    /// responses already read; panics if it is still open after `timeout`.
+    pub fn read_until_closed(&mut self, timeout: Duration) -> Vec<u8> {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut rest = std::mem::take(&mut self.buf);
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return rest,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return rest,
+                Err(e) => panic!(
+                    "connection not closed within {timeout:?} ({e}); received after the responses: {:?}",
+                    String::from_utf8_lossy(&rest)
+                ),
+            }
+        }
     }
 
     /// Waits until the server closes this connection; returns how long that took.
