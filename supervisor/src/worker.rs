@@ -540,11 +540,12 @@ async fn accept_loop<C: Connections>(
 /// Whether a parsed request breaks the head limits or the `Host` rules, and which.
 pub(crate) fn refusal<B>(limits: &Limits, req: &hyper::Request<B>) -> Option<Refusal> {
     if limits.request_line > 0 {
+        // The target as received: what the URI prints (origin, absolute, authority or asterisk form).
         let uri = req.uri();
-        let target = match (uri.scheme_str(), uri.authority()) {
-            (Some(scheme), Some(authority)) => scheme.len() + 3 + authority.as_str().len(),
-            _ => 0,
-        } + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+        let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+            + uri.authority().map_or(0, |a| a.as_str().len())
+            + uri.path().len()
+            + uri.query().map_or(0, |q| q.len() + 1);
         // "METHOD SP target SP HTTP/1.1"
         let line = req.method().as_str().len() + 1 + target + 1 + 8;
         if line > limits.request_line {
@@ -903,6 +904,11 @@ mod tests {
         assert_eq!(refusal(&limits, &request("/", &[])), Some(Refusal::MissingHost));
         assert_eq!(refusal(&limits, &request("/", &[host, host])), Some(Refusal::DuplicateHost));
         assert_eq!(refusal(&limits, &request("/", &[("host", "a b")])), Some(Refusal::InvalidHost));
+        // An authority-form target (CONNECT's) counts whole: found by the request_head fuzz target.
+        assert_eq!(
+            refusal(&limits, &request(&"a".repeat(40), &[host])),
+            Some(Refusal::RequestLineTooLong { limit: 40 })
+        );
         let unlimited = Limits { request_line: 0, request_fields: 100, request_field_size: 0 };
         assert_eq!(refusal(&unlimited, &request(&format!("/{}", "a".repeat(9000)), &[host])), None);
     }
