@@ -48,14 +48,34 @@ impl Layers {
         env: impl Fn(&str) -> Option<String>,
         flags: BTreeMap<&'static str, String>,
     ) -> Result<Layers, ConfigError> {
-        let file = match path {
+        let text = match path {
+            None => None,
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError {
+                key: "config".into(),
+                source: Source::File(path.to_path_buf()),
+                message: format!("cannot read the file: {e}"),
+            })?),
+        };
+        Layers::parse(path.zip(text.as_deref()), specs, sections, env, flags)
+    }
+
+    /// Like [`Layers::read`], with the config file's text already read (`file`: its path and text).
+    pub(crate) fn parse(
+        file: Option<(&Path, &str)>,
+        specs: &[&Spec],
+        sections: Option<&[&str]>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: BTreeMap<&'static str, String>,
+    ) -> Result<Layers, ConfigError> {
+        let table = match file {
             None => toml::Table::new(),
-            Some(path) => {
+            Some((path, text)) => {
                 let source = Source::File(path.to_path_buf());
-                let error = |message: String| ConfigError { key: "config".into(), source: source.clone(), message };
-                let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
-                let table: toml::Table =
-                    text.parse().map_err(|e: toml::de::Error| error(format!("not valid TOML: {}", e.message())))?;
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+                    key: "config".into(),
+                    source: source.clone(),
+                    message: format!("not valid TOML: {}", e.message()),
+                })?;
                 if let Some(sections) = sections {
                     check_known_keys(&table, specs, sections, &source)?;
                 }
@@ -63,7 +83,7 @@ impl Layers {
             }
         };
         let env = specs.iter().flat_map(|s| s.env.iter()).filter_map(|&name| env(name).map(|v| (name, v))).collect();
-        Ok(Layers { file, path: path.map(Path::to_path_buf), env, flags })
+        Ok(Layers { file: table, path: file.map(|(path, _)| path.to_path_buf()), env, flags })
     }
 
     /// The config file, if one was given.

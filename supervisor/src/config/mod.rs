@@ -43,7 +43,7 @@
 
 pub mod docs;
 mod layers;
-mod values;
+pub(crate) mod values;
 
 use std::fmt;
 use std::marker::PhantomData;
