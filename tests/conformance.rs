@@ -95,6 +95,15 @@ fn host_rules() {
     for (name, bytes) in cases {
         check(&server, name, bytes, Answer::Contract(400, "bad_request"), After::Closed);
     }
+    // A refused request never reaches its handler: this one would answer 500.
+    let panic = b"GET /debug/panic HTTP/1.1\r\nHost: a b\r\n\r\n";
+    check(
+        &server,
+        "a refused request to a handler that panics",
+        panic,
+        Answer::Contract(400, "bad_request"),
+        After::Closed,
+    );
     check(&server, "HTTP/1.0 without Host", b"GET /healthz HTTP/1.0\r\n\r\n", Answer::App(200), After::Closed);
 }
 
