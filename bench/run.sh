@@ -52,7 +52,8 @@
 #                     WxT or WxT@BIN (workers x threads, optionally another build), e.g. 2x1,4x1,2x2 or
 #                     2x1,2x1@/tmp/old/supervisor: all of them and bare hyper in SHAPE_ROUNDS (3)
 #                     alternating rounds, closed loop at saturation and (unless --no-open-loop) open loop
-#                     at SHAPE_PCT (50)% of the peak; means and ratios to bare hyper of the same round.
+#                     at SHAPE_PCT (50)% of the peak; medians, and of the ratios to bare hyper's figure
+#                     of the same round.
 # Environment: BENCH_BIN=PATH measures that binary instead (no build), e.g. one built with other profile
 # settings; BARE_BIN=PATH the bare hyper server (default target/release/bare-hyper, built with the rest);
 # PG_BIN=DIR takes the PostgreSQL server binaries from DIR; OHA=PATH the oha binary; OHA_THREADS its
@@ -162,7 +163,7 @@ done
 WORK=$(mktemp -d /tmp/bench.XXXXXX)
 PGDIR=""
 PG_PID=""
-declare -A SRV_PID=() SRV_PORT=() SRV_LOG=() SRV_CFG=() SRV_WORKERS=()
+declare -A SRV_PID=() SRV_PORT=() SRV_LOG=() SRV_CFG=()
 BG_PIDS=()  # wrk runs and samplers in the background, while they run
 REPL=() HB=() SIL=()  # samples of the replacement and heartbeat phases
 forget_bg() { local p keep=(); for p in "${BG_PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; BG_PIDS=("${keep[@]}"); }
@@ -304,15 +305,17 @@ sched_summary() {
 }
 
 # How a server's established connections on its port are spread over its processes now:
-# "connections per process / requests per process in percent / fewest-most requests on one connection",
-# e.g. "32/32 / 50/50 / 9000-12000". A connection's requests are the data segments it received (each request
-# here is one write of the client, so one segment); they are counted from the connection's start.
+# "connections per process / requests per process in percent / fewest-most requests on one connection and
+# their coefficient of variation", e.g. "32/32 / 50/50 / 9000-12000 cv 8%". A connection's requests are the
+# data segments it received (each request here is one write of the client, so one segment), counted from
+# the connection's start. In a closed loop each connection sends as fast as it is answered, so how evenly
+# the connections are served shows in how evenly their counts grow.
 conn_spread() {
     ss -Htinp state established "( sport = :$1 )" 2>/dev/null | awk '
         /^[^ \t]/ { pid = ""; if (match($0, /pid=[0-9]+/)) pid = substr($0, RSTART + 4, RLENGTH - 4); next }
         pid != "" && match($0, /data_segs_in:[0-9]+/) {
             r = substr($0, RSTART + 13, RLENGTH - 13) + 0
-            c[pid]++; q[pid] += r; total += r
+            c[pid]++; q[pid] += r; total += r; sq += r * r
             if (n++ == 0 || r < lo) lo = r
             if (r > hi) hi = r
             pid = ""
@@ -323,7 +326,9 @@ conn_spread() {
             # busiest process first
             for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (c[k[j]] > c[k[i]] || (c[k[j]] == c[k[i]] && q[k[j]] > q[k[i]])) { t = k[i]; k[i] = k[j]; k[j] = t }
             for (i = 1; i <= m; i++) { cs = cs (i > 1 ? "/" : "") c[k[i]]; qs = qs (i > 1 ? "/" : "") sprintf("%.0f", total ? 100 * q[k[i]] / total : 0) }
-            printf "%s / %s / %d-%d\n", cs, qs, lo, hi
+            mean = total / n; var = sq / n - mean * mean; cv = 0
+            if (mean > 0 && var > 0) cv = 100 * sqrt(var) / mean
+            printf "%s / %s / %d-%d cv %.0f%%\n", cs, qs, lo, hi, cv
         }' || true
 }
 
@@ -367,7 +372,7 @@ EOF
     # START_BIN: start this server from another build (--compare).
     "${START_BIN:-$BIN}" --config "$cfg" >"$logf" 2>"$WORK/$name.err" </dev/null &
     pid=$!
-    SRV_PID[$name]=$pid; SRV_PORT[$name]=$port; SRV_WORKERS[$name]=$workers; SRV_LOG[$name]=$logf; SRV_CFG[$name]=$cfg
+    SRV_PID[$name]=$pid; SRV_PORT[$name]=$port; SRV_LOG[$name]=$logf; SRV_CFG[$name]=$cfg
     for i in $(seq 300); do
         alive "$pid" || die "server $name exited at start: $(cat "$WORK/$name.err") $(tail -5 "$logf")"
         if curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz" 2>/dev/null; then
@@ -390,7 +395,7 @@ start_bare() {
     "$BARE_BIN" "127.0.0.1:$port" "$threads" >"$WORK/$name.log" 2>&1 </dev/null &
     pid=$!
     # `ours` recognises the server's processes by this string in their command line.
-    SRV_PID[$name]=$pid; SRV_PORT[$name]=$port; SRV_WORKERS[$name]=0; SRV_LOG[$name]="$WORK/$name.log"; SRV_CFG[$name]="127.0.0.1:$port"
+    SRV_PID[$name]=$pid; SRV_PORT[$name]=$port; SRV_LOG[$name]="$WORK/$name.log"; SRV_CFG[$name]="127.0.0.1:$port"
     for i in $(seq 100); do
         alive "$pid" || die "server $name exited at start: $(cat "$WORK/$name.log")"
         curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz" 2>/dev/null && { log "server $name: pid $pid, port $port, threads $threads"; return 0; }
@@ -420,9 +425,9 @@ measure() {
     run_wrk /dev/null "$WARMUP" "$(url_of "$name" "$path")" "$@"
     start_sampler "$name" "$mem"
     # Near the end of the run, how the client's connections, and the requests sent on them so far, are spread
-    # over the workers (prefork only).
+    # over the server's processes and over the connections.
     local conns_file="$WORK/conns-$name-$key.txt" spid
-    if [ "${SRV_WORKERS[$name]}" != 0 ] && command -v ss >/dev/null; then
+    if command -v ss >/dev/null; then
         ( sleep "$(awk -v d="$DURATION" 'BEGIN{print d * 0.9}')"
           conn_spread "${SRV_PORT[$name]}" >"$conns_file" ) &
         spid=$!
@@ -456,7 +461,7 @@ measure() {
         'BEGIN{ o = a - s - p - c; if (o < 0) o = 0; printf "%.2f/%.2f/%.2f/%.2f", s/hz/d, p/hz/d, c/hz/d, o/hz/d }')
     read -r "R[$name.$key.waitreq]" "R[$name.$key.waitslice]" "R[$name.$key.waitms]" "R[$name.$key.vcs]" "R[$name.$key.ivcs]" \
         <<<"$(sched_summary "$sc0" "$sc1" "${R[$name.$key.n]}" "$DURATION")"
-    log "$name $path: $(awk -v r="${R[$name.$key.rps]}" 'BEGIN{printf "%.0f", r}') req/s, p50 $(ms "${R[$name.$key.p50]}") ms, p99 $(ms "${R[$name.$key.p99]}") ms, errors $e, server CPU ${R[$name.$key.cpu]} us/req (${R[$name.$key.srvcores]} cores), postgres ${R[$name.$key.pgcpu]} us/req, CPU cores server/postgres/wrk/other ${R[$name.$key.split]}${R[$name.$key.conns]:+, connections per worker ${R[$name.$key.conns]}, requests per worker ${R[$name.$key.reqshare]}%, per connection ${R[$name.$key.connreq]}}"
+    log "$name $path: $(awk -v r="${R[$name.$key.rps]}" 'BEGIN{printf "%.0f", r}') req/s, p50 $(ms "${R[$name.$key.p50]}") ms, p99 $(ms "${R[$name.$key.p99]}") ms, errors $e, server CPU ${R[$name.$key.cpu]} us/req (${R[$name.$key.srvcores]} cores), postgres ${R[$name.$key.pgcpu]} us/req, CPU cores server/postgres/wrk/other ${R[$name.$key.split]}${R[$name.$key.conns]:+, connections per process ${R[$name.$key.conns]}, requests per process ${R[$name.$key.reqshare]}%, per connection ${R[$name.$key.connreq]}}"
     log "  $name $path scheduling: waited for a CPU $(sched_text "$name.$key")"
 }
 
@@ -1124,16 +1129,16 @@ open_table() {
     row "waited for a CPU, us/request at $rate req/s ($pct%)" "${R[prefork.$key.waitreq]}" "${R[baseline.$key.waitreq]}" "${R[bare.$key.waitreq]}" "$(ratio "${R[prefork.$key.waitreq]}" "${R[bare.$key.waitreq]}")" "" ""
 }
 
-# --shapes: per shape, the mean over the rounds of each figure and of its ratio to bare hyper's in the same
+# --shapes: per shape, the median over the rounds of each figure and of its ratio to bare hyper's in the same
 # round, with the rounds' values.
 shapes_table() {
     [ ${#SHAPE_NAMES[@]} -gt 0 ] || return 0
     echo
-    echo "Prefork shapes, GET /healthz, $SHAPE_ROUNDS alternating rounds (closed loop: wrk -t$WRK_THREADS -c$CONNS, ${WARMUP} s warm-up, ${DURATION} s measured$([ "$OPEN_LOOP" = 0 ] || echo "; open loop: $SHAPE_RATE req/s, $SHAPE_PCT% of the peak, ${OPEN_DURATION} s")); mean (x bare hyper, mean of the rounds' ratios) and each round's value:"
+    echo "Prefork shapes, GET /healthz, $SHAPE_ROUNDS alternating rounds (closed loop: wrk -t$WRK_THREADS -c$CONNS, ${WARMUP} s warm-up, ${DURATION} s measured$([ "$OPEN_LOOP" = 0 ] || echo "; open loop: $SHAPE_RATE req/s, $SHAPE_PCT% of the peak, ${OPEN_DURATION} s")); median (x bare hyper: median of the rounds' ratios) and each round's value:"
     echo
     local cols=("shape" "req/s" "p99 ms" "p99.9 ms" "server CPU us/request")
     [ "$OPEN_LOOP" = 0 ] || cols+=("open loop p99 ms" "open loop p99.9 ms" "open loop server CPU us/request")
-    cols+=("connections / requests per worker (%), last round")
+    cols+=("connections / requests (%) per process / requests per connection, last round")
     row "${cols[@]}"
     local seps=("---") c
     for c in "${cols[@]:1}"; do seps+=("---:"); done
@@ -1144,21 +1149,23 @@ shapes_table() {
         local cells=("${SHAPE_LABEL[$name]}")
         cells+=("$(shape_cell "$name" r rps int)" "$(shape_cell "$name" r p99 ms)" "$(shape_cell "$name" r p999 ms)" "$(shape_cell "$name" r cpu one)")
         [ "$OPEN_LOOP" = 0 ] || cells+=("$(shape_cell "$name" o p99 ms)" "$(shape_cell "$name" o p999 ms)" "$(shape_cell "$name" o cpu one)")
-        cells+=("${R[$name.r$SHAPE_ROUNDS.conns]:+${R[$name.r$SHAPE_ROUNDS.conns]} / ${R[$name.r$SHAPE_ROUNDS.reqshare]}}")
+        cells+=("${R[$name.r$SHAPE_ROUNDS.conns]:+${R[$name.r$SHAPE_ROUNDS.conns]} / ${R[$name.r$SHAPE_ROUNDS.reqshare]} / ${R[$name.r$SHAPE_ROUNDS.connreq]}}")
         row "${cells[@]}"
     done
 }
-# shape_cell NAME PREFIX FIELD FORMAT: "mean (x ratio) [v1 v2 v3]" over the rounds.
+# shape_cell NAME PREFIX FIELD FORMAT: "median (x ratio) [v1 v2 ...]" over the rounds, the ratio being the
+# median of the rounds' ratios to bare hyper's figure of the same round (medians: one disturbed round on a
+# shared machine moves a mean by a factor, a median not).
 shape_cell() {
-    local name=$1 pre=$2 f=$3 conv=$4 i vals=() sum=0 rsum=0 v b
+    local name=$1 pre=$2 f=$3 conv=$4 i vals=() raw=() ratios=()
     for i in $(seq "$SHAPE_ROUNDS"); do
-        v=${R[$name.$pre$i.$f]:-0}; b=${R[shape_bare.$pre$i.$f]:-0}
-        vals+=("$($conv "$v")")
-        sum=$(awk -v s="$sum" -v v="$v" 'BEGIN{ print s + v }')
-        rsum=$(awk -v s="$rsum" -v v="$v" -v b="$b" 'BEGIN{ print s + (b > 0 ? v / b : 0) }')
+        raw+=("${R[$name.$pre$i.$f]:-0}")
+        vals+=("$($conv "${R[$name.$pre$i.$f]:-0}")")
+        ratios+=("$(awk -v v="${R[$name.$pre$i.$f]:-0}" -v b="${R[shape_bare.$pre$i.$f]:-0}" 'BEGIN{ print (b > 0 ? v / b : 0) }')")
     done
-    echo "$($conv "$(awk -v s="$sum" -v n="$SHAPE_ROUNDS" 'BEGIN{ print s / n }')") (x $(awk -v s="$rsum" -v n="$SHAPE_ROUNDS" 'BEGIN{ printf "%.2f", s / n }')) [${vals[*]}]"
+    echo "$($conv "$(median "${raw[@]}")") (x $(printf '%.2f' "$(median "${ratios[@]}")")) [${vals[*]}]"
 }
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 TABLE=$(table; variants_table; open_table; shapes_table)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -1214,6 +1221,7 @@ TOTAL_S=$(awk -v a="$START_US" -v b="$(now_us)" 'BEGIN{printf "%.0f", (b-a)/1e6}
     done
     local_split "${split_lines[@]}"
     echo "- prefork workers near the end (90%) of each run: the client's connections per worker / requests per worker in % / fewest-most requests on one connection: /healthz ${R[prefork.healthz.conns]:-?} / ${R[prefork.healthz.reqshare]:-?} / ${R[prefork.healthz.connreq]:-?}$([ "$LATENCY_ONLY" = 1 ] || echo ", /readyz ${R[prefork.readyz.conns]:-?} / ${R[prefork.readyz.reqshare]:-?} / ${R[prefork.readyz.connreq]:-?}, POST /api/items ${R[prefork.items.conns]:-?} / ${R[prefork.items.reqshare]:-?} / ${R[prefork.items.connreq]:-?}")"
+    echo "- GET /healthz, requests per client connection near the end of the run (fewest-most, coefficient of variation): prefork ${R[prefork.healthz.connreq]:-?}, baseline ${R[baseline.healthz.connreq]:-?}, bare hyper ${R[bare.healthz.connreq]:-?}"
     echo "- scheduling of the servers' threads during the GET /healthz runs (schedstat: time runnable but waiting for a CPU; context switches, voluntary = it blocked, involuntary = it was preempted):"
     for m in prefork baseline bare; do echo "  - $m: $(sched_text "$m.healthz")"; done
     if [ ${#OPEN_POINTS[@]} -gt 0 ]; then
