@@ -15,8 +15,8 @@
 #      same answer from a minimal tokio + hyper server, 2 threads); then GET /healthz with access logs on.
 #      Closed loop (wrk: each connection sends its next request when the answer arrives), at saturation.
 #      For each run also the servers' scheduling: time their threads waited for a CPU while runnable
-#      (/proc/PID/task/TID/schedstat) and context switches, per request; and for prefork how the client's
-#      connections and requests were spread over the workers.
+#      (/proc/PID/task/TID/schedstat) and context switches, per request; and how the client's connections
+#      and the requests sent on them were spread over the server's processes and over the connections.
 #   2. Open loop: GET /healthz at fixed offered rates (--open-rates, percent of the highest closed-loop
 #      /healthz rate of the three servers in this run) with oha, which measures each request from the time
 #      it was due to be sent (coordinated omission corrected): p50, p99, p99.9 of the three servers side by
@@ -39,8 +39,9 @@
 #                     example one built from an earlier commit), prefork, in COMPARE_ROUNDS (3) alternating
 #                     pairs, and report the ratio of the two: a before/after measured in the same run. Adds
 #                     about a minute. COMPARE_ACCESS_LOG=false compares with access logs off instead.
-#   --latency-only    only GET /healthz: the closed-loop rows of the three servers, the open loop and
-#                     --compare (no /readyz, POST, scrapes, reload, replacement, heartbeat, access logs).
+#   --latency-only    only GET /healthz: the closed-loop rows of the three servers, the open loop, and
+#                     --compare, --shapes, --extra when given (no /readyz, POST, scrapes, reload,
+#                     replacement, heartbeat, access logs).
 #   --prefork WxT     the prefork server's workers and threads per worker (default 2x1).
 #   --open-duration S seconds per open-loop point (default 5); --no-open-loop skips the phase.
 #   --open-rates LIST offered rates in percent of the peak, comma-separated (default 25,50,75,90).
@@ -411,6 +412,12 @@ run_wrk() {
     local out=$1 secs=$2 url=$3
     shift 3
     env "$@" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --timeout 2s -s "$LUA" "$url" >"$out" 2>&1 || true
+}
+
+# Lines the servers could not write (to a file on this machine's disk, the output is expected to keep up).
+log_dropped() {
+    curl -fsS --max-time 2 "$(url_of "$1" /metrics)" 2>/dev/null |
+        awk '/^log_lines_dropped_total/ { n += $2; found = 1 } END { if (found) print n; else print "-" }'
 }
 
 # Field of the BENCH line of a wrk output.
@@ -897,11 +904,6 @@ start_server prefork_log "$PREFORK_WORKERS" "$PREFORK_THREADS" true
 start_server baseline_log 0 2 true
 measure prefork_log healthz /healthz
 measure baseline_log healthz /healthz
-# Lines the servers could not write (to a file on this machine's disk, the output is expected to keep up).
-log_dropped() {
-    curl -fsS --max-time 2 "$(url_of "$1" /metrics)" 2>/dev/null |
-        awk '/^log_lines_dropped_total/ { n += $2; found = 1 } END { if (found) print n; else print "-" }'
-}
 R[prefork_log.dropped]=$(log_dropped prefork_log)
 R[baseline_log.dropped]=$(log_dropped baseline_log)
 stop_server prefork_log
