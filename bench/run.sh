@@ -1088,7 +1088,7 @@ variants_table() {
     echo
     echo "Configuration variants (--extra; ${EXTRA_WARMUP} s warm-up, ${EXTRA_DURATION} s measured):"
     echo
-    row "configuration" "path" "wrk connections" "req/s" "p50 ms" "p99 ms" "errors" "server CPU us/request" "connections per worker"
+    row "configuration" "path" "wrk connections" "req/s" "p50 ms" "p99 ms" "errors" "server CPU us/request" "connections per process"
     row "---" "---" "---:" "---:" "---:" "---:" "---:" "---:" "---"
     local v name label path key conns m
     for v in "${VARIANTS[@]}"; do
