@@ -52,10 +52,10 @@ end
 function done(summary, latency, requests)
    local e = summary.errors
    io.write(string.format(
-      "BENCH requests=%d duration_us=%d rps=%.1f p50_us=%d p90_us=%d p99_us=%d max_us=%d " ..
+      "BENCH requests=%d duration_us=%d rps=%.1f p50_us=%d p90_us=%d p99_us=%d p999_us=%d max_us=%d " ..
       "connect=%d read=%d write=%d status=%d timeout=%d\n",
       summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
-      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9), latency.max,
       e.connect, e.read, e.write, e.status, e.timeout))
    if timeline then
       local all, allbad = {}, {}
