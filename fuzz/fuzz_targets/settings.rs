@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use supervisor::fuzzing::{Kind, Source, Value, docs, parse_text, resolve};
+use supervisor::fuzzing::{DefaultValue, Kind, Source, Value, docs, parse_text, resolve};
 
 #[derive(Arbitrary, Debug)]
 struct Case {
@@ -73,8 +73,9 @@ fuzz_target!(|case: Case| {
                 .iter()
                 .filter(|r| r.shown != "none" && !r.key.starts_with("database.url"))
                 .map(|r| {
-                    let kind = specs.iter().find(|s| s.key == r.key).expect("reported keys are declared").kind;
-                    format!("{} = {}\n", r.key, literal(kind, &r.shown, r.source == Source::Default))
+                    let spec = specs.iter().find(|s| s.key == r.key).expect("reported keys are declared");
+                    let computed = r.source == Source::Default && matches!(spec.default, DefaultValue::Computed(..));
+                    format!("{} = {}\n", r.key, literal(spec.kind, &r.shown, computed))
                 })
                 .collect();
             let mut again = resolve::<app::Config>(&text, &[])
@@ -88,10 +89,10 @@ fuzz_target!(|case: Case| {
 });
 
 /// A value of `kind` as `check` shows it, as a TOML literal: seconds lose their unit, lists and text get
-/// quotes, a computed default (`default`) loses its explanation.
-fn literal(kind: Kind, shown: &str, default: bool) -> String {
+/// quotes, a computed default (`computed`) loses the explanation that follows it in brackets.
+fn literal(kind: Kind, shown: &str, computed: bool) -> String {
     let string = |s: &str| toml::Value::String(s.to_string()).to_string();
-    let value = if default { shown.split(" [").next().unwrap_or(shown) } else { shown };
+    let value = if computed { shown.rsplit_once(" [").map_or(shown, |(value, _)| value) } else { shown };
     match kind {
         Kind::Text => string(value),
         Kind::List => {

@@ -14,7 +14,7 @@ pub fn log_lines(log: impl FnOnce()) -> Vec<String> {
     crate::logging::fuzzing::lines(log)
 }
 
-pub use crate::config::{ConfigError, Kind, Reported, Resolved, Source, Value, docs};
+pub use crate::config::{ConfigError, DefaultValue, Kind, Reported, Resolved, Source, Value, docs};
 pub use crate::host::is_valid as host_is_valid;
 pub use crate::{Limits, Refusal};
 
