@@ -37,7 +37,7 @@ fn migrate(_: &supervisor::Settings, config: &app::Config) -> Result<(), supervi
 /// `BLESS=1 cargo test --bin supervisor settings` rewrites them.
 #[cfg(test)]
 mod settings {
-    use supervisor::config::docs;
+    use supervisor::server_settings as settings;
 
     /// Compares `actual` with the file at `path` (relative to the workspace root); with `BLESS=1`, rewrites
     /// the file instead.
@@ -61,7 +61,7 @@ mod settings {
 
     #[test]
     fn the_sample_config_lists_every_setting() {
-        expect_file("conf/supervisor.toml", &docs::sample_toml::<app::Config>());
+        expect_file("conf/supervisor.toml", &settings::sample_toml::<app::Config>());
     }
 
     #[test]
@@ -72,12 +72,12 @@ mod settings {
         let (_, after) = rest.split_once(END).expect("the generated block ends");
         expect_file(
             "docs/configuration.md",
-            &format!("{before}{BEGIN}{}{END}{after}", docs::docs_tables::<app::Config>()),
+            &format!("{before}{BEGIN}{}{END}{after}", settings::docs_tables::<app::Config>()),
         );
     }
 
     #[test]
     fn the_declarations_are_consistent() {
-        assert_eq!(docs::lint::<app::Config>(), Ok(()));
+        assert_eq!(settings::lint::<app::Config>(), Ok(()));
     }
 }

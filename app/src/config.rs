@@ -1,6 +1,6 @@
 //! The application's settings: the `[app]` and `[database]` tables of the server's config file, each setting
 //! declared once next to the field it fills (key, environment variable, bounds, default, doc), resolved
-//! with the supervisor's through [`supervisor::config::AppSettings`], and checked once by
+//! with the supervisor's through [`supervisor::AppSettings`], and checked once by
 //! [`Config::validate`] before any port is bound.
 
 use std::fmt;
@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use supervisor::config::{AppSettings, ConfigError, Invalid, Resolver, Setting, Spec};
+use supervisor::AppSettings;
+use supervisor::config::{ConfigError, Invalid, Resolver, Setting, Spec};
 
 /// The deployment environment. Production refuses debug settings and localhost CORS origins.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -644,8 +645,9 @@ mod tests {
     use super::*;
 
     /// The app's settings as the server resolves them: `toml` as the config file, `env` as the environment.
-    fn load(toml: &str, env: &[(&str, &str)]) -> Result<supervisor::config::Resolved<Config>, ConfigError> {
-        use supervisor::config::{Layers, Resolved, docs};
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<supervisor::Resolved<Config>, ConfigError> {
+        use supervisor::config::Layers;
+        use supervisor::server_settings::{Resolved, sections, specs};
         let dir = test_support::TempDir::new("app-config");
         let path = dir.join("server.toml");
         std::fs::write(&path, toml).unwrap();
@@ -653,22 +655,22 @@ mod tests {
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let layers = Layers::new(
             Some(&path),
-            &docs::specs::<Config>(),
-            &docs::sections::<Config>(),
+            &specs::<Config>(),
+            &sections::<Config>(),
             |k| env.get(k).cloned(),
             Default::default(),
         )?;
         Resolved::from_layers(&layers, (2, supervisor::cpus::CpuSource::Affinity))
     }
 
-    fn source_of(c: &supervisor::config::Resolved<Config>, key: &str) -> supervisor::config::Source {
+    fn source_of(c: &supervisor::Resolved<Config>, key: &str) -> supervisor::config::Source {
         c.report.iter().find(|r| r.key == key).unwrap().source.clone()
     }
 
     #[test]
     fn declared_defaults_are_the_typed_defaults() {
         assert_eq!(load("", &[]).unwrap().app, Config::default());
-        assert_eq!(supervisor::config::docs::lint::<Config>(), Ok(()));
+        assert_eq!(supervisor::server_settings::lint::<Config>(), Ok(()));
     }
 
     #[test]

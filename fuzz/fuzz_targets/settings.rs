@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use supervisor::fuzzing::{DefaultValue, Kind, Source, Value, docs, parse_text, resolve};
+use supervisor::fuzzing::{DefaultValue, Kind, Source, Value, parse_text, resolve, specs};
 
 #[derive(Arbitrary, Debug)]
 struct Case {
@@ -46,7 +46,7 @@ fuzz_target!(|case: Case| {
     }
 
     // The whole configuration: the file and the environment, as a server running the app reads them.
-    let specs = docs::specs::<app::Config>();
+    let specs = specs::<app::Config>();
     let env: Vec<(String, String)> = case
         .env
         .iter()

@@ -14,8 +14,9 @@ pub fn log_lines(log: impl FnOnce()) -> Vec<String> {
     crate::logging::fuzzing::lines(log)
 }
 
-pub use crate::config::{ConfigError, DefaultValue, Kind, Reported, Resolved, Source, Value, docs};
+pub use crate::config::{ConfigError, DefaultValue, Kind, Reported, Source, Value};
 pub use crate::host::is_valid as host_is_valid;
+pub use crate::server_settings::{Resolved, specs};
 pub use crate::{Limits, Refusal};
 
 /// A setting's value parsed from `text` as the environment or a flag gives it, as `kind`.
@@ -25,15 +26,12 @@ pub fn parse_text<T: Value>(kind: Kind, text: &str) -> Result<T, String> {
 
 /// Every setting of a server running the app `C`, resolved from `file` (the config file's text) and `env`
 /// (the environment), as `serve` and `check` resolve them, with 2 CPUs.
-pub fn resolve<C: crate::config::AppSettings>(
-    file: &str,
-    env: &[(String, String)],
-) -> Result<Resolved<C>, ConfigError> {
-    let specs = docs::specs::<C>();
+pub fn resolve<C: crate::AppSettings>(file: &str, env: &[(String, String)]) -> Result<Resolved<C>, ConfigError> {
+    let specs = specs::<C>();
     let layers = crate::config::Layers::parse(
         Some((std::path::Path::new("fuzz.toml"), file)),
         &specs,
-        Some(&docs::sections::<C>()),
+        Some(&crate::server_settings::sections::<C>()),
         |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
         Default::default(),
     )?;

@@ -50,6 +50,7 @@ pub mod logging;
 mod master;
 mod scoreboard;
 mod server;
+pub mod server_settings;
 mod service;
 mod settings;
 pub mod stats;
@@ -61,6 +62,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use server::Server;
+pub use server_settings::{AppSettings, Resolved};
 pub use service::{
     BootError, BoxError, BoxFuture, Connections, FromHyper, HttpService, Label, PeerAddr, PerConnection, Refusal,
     Request, WithPeer, from_hyper, per_connection,

@@ -20,7 +20,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{AppSettings, ConfigError, Layers, Resolved, Resolver, docs};
+use crate::config::{ConfigError, Layers, Resolver};
+use crate::server_settings::{AppSettings, Resolved, sections, specs};
 use crate::service::{BoxError, Connections, Label, Request};
 use crate::worker::{Boot, Hooks, Worker};
 use crate::{BootError, Settings};
@@ -171,7 +172,7 @@ impl<C: AppSettings> Server<C> {
         }
         let inputs = Inputs {
             path: matches.get_one::<PathBuf>("config").cloned(),
-            flags: (docs::specs::<C>().into_iter().filter(|s| s.flag.is_some()))
+            flags: (specs::<C>().into_iter().filter(|s| s.flag.is_some()))
                 .filter_map(|s| {
                     let values = scopes.iter().rev().find_map(|m| m.try_get_many::<String>(s.key).ok().flatten())?;
                     Some((s.key, values.cloned().collect::<Vec<_>>().join(",")))
@@ -343,7 +344,7 @@ impl<C: AppSettings> Server<C> {
     /// One flag per declared setting that has one.
     fn setting_args() -> Vec<clap::Arg> {
         use clap::{Arg, ArgAction};
-        (docs::specs::<C>().into_iter())
+        (specs::<C>().into_iter())
             .filter_map(|s| {
                 let arg = Arg::new(s.key).long(s.flag?).value_name("VALUE").help(s.doc);
                 let arg = if let Some(short) = s.short { arg.short(short) } else { arg };
@@ -415,11 +416,11 @@ struct Inputs {
 impl Inputs {
     /// The layers read now (the file, this process's environment, the flags), resolved.
     fn resolve<C: AppSettings>(&self) -> Result<Resolved<C>, ConfigError> {
-        let specs = docs::specs::<C>();
+        let specs = specs::<C>();
         let layers = Layers::new(
             self.path.as_deref(),
             &specs,
-            &docs::sections::<C>(),
+            &sections::<C>(),
             |name| std::env::var(name).ok(),
             self.flags.clone(),
         )?;
@@ -429,7 +430,7 @@ impl Inputs {
     /// Only where the control socket is (see [`crate::Settings::resolve_control_socket`]): unknown keys and
     /// bad values of other settings in the file are not this reader's concern.
     fn control_socket<C: AppSettings>(&self) -> Result<Option<PathBuf>, ConfigError> {
-        let specs = docs::specs::<C>();
+        let specs = specs::<C>();
         let layers =
             Layers::lenient(self.path.as_deref(), &specs, |name| std::env::var(name).ok(), self.flags.clone())?;
         crate::Settings::resolve_control_socket(&mut Resolver::new(&layers))

@@ -4,7 +4,7 @@
 //!
 //! Adding a setting: its declaration below, a line in [`SETTINGS`], and the field it fills in
 //! [`Settings::resolve`]. A binary's tests regenerate its sample config and docs tables from the
-//! declarations (see [`crate::config::docs`]).
+//! declarations (see [`crate::server_settings`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

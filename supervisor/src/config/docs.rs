@@ -1,24 +1,15 @@
-//! Files generated from the declarations of a server's settings (the supervisor's and an application's):
-//! a commented sample configuration and Markdown tables for the documentation. A project keeps its copies
-//! in step with a test that compares them (see `src/main.rs` of this repository).
+//! Files generated from settings' declarations: a commented sample configuration and Markdown tables for
+//! the documentation; and a lint of the declarations. [`crate::server_settings`] applies them to a server's
+//! settings (the supervisor's and an application's); a project keeps its copies in step with a test that
+//! compares them (see `src/main.rs` of this repository).
 
 use std::fmt::Write as _;
 
-use super::{AppSettings, DefaultValue, Kind, OnHup, Spec};
+use super::{DefaultValue, Kind, OnHup, Spec};
 
-/// Every setting of a server running the application `C`: the supervisor's, then the application's.
-pub fn specs<C: AppSettings>() -> Vec<&'static Spec> {
-    crate::settings::SETTINGS.iter().chain(C::SETTINGS).copied().collect()
-}
-
-/// The TOML tables of a server running `C`: the top level (`""`), then the application's.
-pub fn sections<C: AppSettings>() -> Vec<&'static str> {
-    [""].into_iter().chain(C::SECTIONS.iter().copied()).collect()
-}
-
-/// The commented sample configuration: every setting with its default, by table.
-pub fn sample_toml<C: AppSettings>() -> String {
-    let specs = specs::<C>();
+/// The commented sample configuration: every setting of `specs` with its default, by table of `sections`
+/// (`""` the top level).
+pub fn sample_toml(specs: &[&Spec], sections: &[&str]) -> String {
     let mut out = String::from(
         "# Server configuration: every setting, with its default. Generated from the settings' declarations\n\
          # (a test keeps them in step).\n\
@@ -27,7 +18,7 @@ pub fn sample_toml<C: AppSettings>() -> String {
          # Unknown keys are an error. Durations are seconds (integers or decimals).\n\
          # Check the effective values and where each came from:  supervisor check --config conf/supervisor.toml\n",
     );
-    for section in sections::<C>() {
+    for &section in sections {
         if !section.is_empty() {
             let _ = write!(out, "\n[{section}]\n");
         }
@@ -51,11 +42,11 @@ pub fn sample_toml<C: AppSettings>() -> String {
     out
 }
 
-/// Markdown tables of every setting, one per table of the file ("Process model" for the top level).
-pub fn docs_tables<C: AppSettings>() -> String {
-    let specs = specs::<C>();
+/// Markdown tables of every setting of `specs`, one per table of `sections` ("Process model" for the top
+/// level).
+pub fn docs_tables(specs: &[&Spec], sections: &[&str]) -> String {
     let mut out = String::new();
-    for section in sections::<C>() {
+    for &section in sections {
         let title = if section.is_empty() { "Process model".to_string() } else { format!("`[{section}]`") };
         let _ = write!(
             out,
@@ -91,15 +82,12 @@ pub fn docs_tables<C: AppSettings>() -> String {
     out
 }
 
-/// Checks the declarations of a server running `C` for mistakes a reader would trip on: a key declared
-/// twice, an undocumented one, a flag that is not the key with dashes, an application key outside its
-/// tables, an environment variable naming two settings. Returns the first one found.
-pub fn lint<C: AppSettings>() -> Result<(), String> {
-    let specs = specs::<C>();
-    let sections = sections::<C>();
+/// Checks declarations for mistakes a reader would trip on: a key outside the tables of `sections`, a key
+/// declared twice, an undocumented one, a flag that is not the key with dashes, an environment variable naming
+/// two settings. Returns the first one found.
+pub fn lint(specs: &[&Spec], sections: &[&str]) -> Result<(), String> {
     for (i, s) in specs.iter().enumerate() {
-        let app = i >= crate::settings::SETTINGS.len();
-        if !sections.contains(&s.section()) || (app && s.section().is_empty()) {
+        if !sections.contains(&s.section()) {
             return Err(format!("{}: not in a table of its own", s.key));
         }
         if s.doc.is_empty() {

@@ -8,11 +8,12 @@
 //! file and the settings tables of the documentation ([`docs`]).
 //!
 //! The supervisor declares its own settings ([`crate::Settings`], top-level keys); an application declares
-//! its own the same way, in TOML tables of its own, by implementing [`AppSettings`]:
+//! its own the same way, in TOML tables of its own, by implementing [`crate::AppSettings`]:
 //!
 //! ```
 //! use std::time::Duration;
-//! use supervisor::config::{AppSettings, ConfigError, Resolver, Setting, Spec};
+//! use supervisor::AppSettings;
+//! use supervisor::config::{ConfigError, Resolver, Setting, Spec};
 //!
 //! /// `[app] greeting`.
 //! const GREETING: Setting<String> =
@@ -39,7 +40,8 @@
 //! ```
 //!
 //! Every resolved value remembers its [`Source`], so that an error names the key and where the bad value
-//! came from ([`ConfigError`]), and `check` and the startup log say where each value came from.
+//! came from ([`ConfigError`]), and `check` and the startup log say where each value came from. This module
+//! knows nothing of the supervisor's own settings: [`crate::server_settings`] puts the two sets together.
 
 pub mod docs;
 mod layers;
@@ -341,37 +343,6 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-/// An application's own settings, declared like the supervisor's and read from the same file, environment
-/// and flags. The supervisor resolves them after its own, and hands the result to the application's boot
-/// function in every worker; a reload (HUP) resolves them again.
-pub trait AppSettings: Clone + Send + Sync + 'static {
-    /// The TOML tables this application's keys live in (`app`, `database`), in the order the sample file
-    /// and the docs list them. Every key of [`AppSettings::SETTINGS`] is in one of them.
-    const SECTIONS: &'static [&'static str];
-    /// Every setting, in the order `check` prints them.
-    const SETTINGS: &'static [&'static Spec];
-
-    /// Reads every setting of [`AppSettings::SETTINGS`] through `r` (each exactly once) and builds the
-    /// configuration; `server` holds the supervisor's settings, already resolved, for defaults that follow
-    /// them.
-    fn resolve(r: &mut Resolver<'_>, server: &crate::Settings) -> Result<Self, ConfigError>;
-
-    /// Warnings about a valid but risky combination, printed by `check` and logged at startup.
-    fn warnings(&self, _server: &crate::Settings) -> Vec<String> {
-        Vec::new()
-    }
-}
-
-/// No settings of its own.
-impl AppSettings for () {
-    const SECTIONS: &'static [&'static str] = &[];
-    const SETTINGS: &'static [&'static Spec] = &[];
-
-    fn resolve(_: &mut Resolver<'_>, _: &crate::Settings) -> Result<Self, ConfigError> {
-        Ok(())
-    }
-}
-
 /// One line of the report: a key, its value as shown, and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reported {
@@ -504,43 +475,3 @@ impl<'a> Resolver<'a> {
             .collect()
     }
 }
-
-/// Every setting of a server running the application `C`, resolved: the supervisor's, the application's,
-/// and how each came to its value.
-#[derive(Debug)]
-pub struct Resolved<C> {
-    /// The supervisor's settings.
-    pub settings: crate::Settings,
-    /// The application's.
-    pub app: C,
-    /// Every setting, the supervisor's first, in declaration order.
-    pub report: Vec<Reported>,
-}
-
-impl<C: AppSettings> Resolved<C> {
-    /// Resolves every setting out of `layers`. `cpus` is the usable CPU count and where it came from (see
-    /// [`crate::cpus::usable_cpus`]), for the default worker count.
-    pub fn from_layers(layers: &Layers, cpus: (usize, crate::cpus::CpuSource)) -> Result<Resolved<C>, ConfigError> {
-        let mut r = Resolver::new(layers);
-        let settings = crate::Settings::resolve(&mut r, cpus)?;
-        let app = C::resolve(&mut r, &settings)?;
-        Ok(Resolved { settings, app, report: r.report(&docs::specs::<C>()) })
-    }
-
-    /// `key=value (source)` pairs, for the startup log line.
-    pub fn summary(&self) -> String {
-        self.report.iter().map(|r| format!("{}={} ({})", r.key, r.shown, r.source)).collect::<Vec<_>>().join(", ")
-    }
-
-    /// The settings a reload cannot apply whose value differs in `newer`.
-    pub fn needs_restart(&self, newer: &Resolved<C>) -> Vec<&'static str> {
-        let shown = |report: &[Reported], key: &str| report.iter().find(|r| r.key == key).map(|r| r.shown.clone());
-        (docs::specs::<C>().into_iter().filter(|s| s.on_hup == OnHup::NeedsRestart))
-            .filter(|s| shown(&self.report, s.key) != shown(&newer.report, s.key))
-            .map(|s| s.key)
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests;

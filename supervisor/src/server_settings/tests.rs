@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::Settings;
+use crate::config::{Invalid, Setting, Source};
 use crate::cpus::CpuSource;
 use crate::logging::LogSettings;
 
@@ -57,9 +58,8 @@ fn load(toml: &str, env: &[(&str, &str)], flags: &[(&'static str, &str)]) -> Res
     std::fs::write(&path, toml).unwrap();
     let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let flags = flags.iter().map(|(k, v)| (*k, v.to_string())).collect();
-    let result =
-        Layers::new(Some(&path), &docs::specs::<Demo>(), &docs::sections::<Demo>(), |k| env.get(k).cloned(), flags)
-            .and_then(|l| Resolved::from_layers(&l, (2, CpuSource::Affinity)));
+    let result = Layers::new(Some(&path), &specs::<Demo>(), &sections::<Demo>(), |k| env.get(k).cloned(), flags)
+        .and_then(|l| Resolved::from_layers(&l, (2, CpuSource::Affinity)));
     std::fs::remove_dir_all(&dir).unwrap();
     result
 }
@@ -225,7 +225,7 @@ fn declared_defaults_are_the_typed_defaults() {
     assert_eq!(c.settings.log, LogSettings::default());
     assert_eq!(
         c.report.iter().map(|r| r.key).collect::<Vec<_>>(),
-        docs::specs::<Demo>().iter().map(|s| s.key).collect::<Vec<_>>()
+        specs::<Demo>().iter().map(|s| s.key).collect::<Vec<_>>()
     );
 }
 
@@ -240,8 +240,8 @@ fn a_reload_names_the_changed_settings_that_need_a_restart() {
 
 #[test]
 fn the_declarations_pass_the_lint() {
-    assert_eq!(docs::lint::<()>(), Ok(()));
-    assert_eq!(docs::lint::<Demo>(), Ok(()));
+    assert_eq!(lint::<()>(), Ok(()));
+    assert_eq!(lint::<Demo>(), Ok(()));
 }
 
 #[test]
@@ -300,8 +300,8 @@ fn ctl_locates_the_control_socket_in_a_file_with_mistakes_elsewhere() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("server.toml");
     std::fs::write(&path, "pidfile = \"/run/a.pid\"\ntimeout = 0\nno_such_key = 1\n[demo]\ntypo = 2\n").unwrap();
-    let specs = docs::specs::<Demo>();
-    let sections = docs::sections::<Demo>();
+    let specs = specs::<Demo>();
+    let sections = sections::<Demo>();
     assert!(Layers::new(Some(&path), &specs, &sections, |_| None, BTreeMap::new()).is_err(), "the server refuses it");
     let layers = Layers::lenient(Some(&path), &specs, |_| None, BTreeMap::new()).unwrap();
     let located = Settings::resolve_control_socket(&mut Resolver::new(&layers));
